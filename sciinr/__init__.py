@@ -1,0 +1,35 @@
+"""sciinr: compress time-varying scientific fields with implicit neural representations.
+
+Public surface::
+
+    blob = sciinr.compress(array_or_path, psnr=40)      # -> bytes (or a file with out=)
+    field = sciinr.decompress(blob)                    # -> numpy array
+    arr = sciinr.open("field.sinr"); arr[3]            # lazy, decodes only what is indexed
+    sciinr.info("field.sinr")                          # header, sizes, PSNR
+
+Every error raised on purpose derives from :class:`SciinrError`.
+"""
+
+from ._version import __version__
+from .api import Report, SinrArray, compress, decompress, info, open
+from .config import ClusterConfig, Config, FitConfig, PartitionConfig
+from .errors import ConfigError, FormatError, InputError, OutputError, SciinrError
+
+__all__ = [
+    "ClusterConfig",
+    "Config",
+    "ConfigError",
+    "FitConfig",
+    "FormatError",
+    "InputError",
+    "OutputError",
+    "PartitionConfig",
+    "Report",
+    "SciinrError",
+    "SinrArray",
+    "__version__",
+    "compress",
+    "decompress",
+    "info",
+    "open",
+]

@@ -1,0 +1,236 @@
+"""The ``sciinr`` command line: thin sub-commands over :mod:`sciinr.api`.
+
+Errors that sciinr raises on purpose are printed as one line on stderr (exit code 2);
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import api
+from ._version import __version__
+from .config import Config
+from .errors import SciinrError
+
+logger = logging.getLogger("sciinr")
+
+_SECTIONS = ("partition", "cluster", "fit")
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    defaults = Config()
+    p.add_argument(
+        "--psnr",
+        type=float,
+        default=None,
+        help=f"target PSNR in dB over the whole field (default: {defaults.psnr})",
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, help="seed of every random choice (default: 0)"
+    )
+    for section in _SECTIONS:
+        group = p.add_argument_group(f"{section} options")
+        for f in dataclasses.fields(getattr(defaults, section)):
+            default = getattr(getattr(defaults, section), f.name)
+            flag = "--" + f.name.replace("_", "-")
+            kind: Any = (
+                (lambda s: tuple(int(x) for x in s.split(",")))
+                if isinstance(default, tuple)
+                else type(default)
+            )
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            group.add_argument(
+                flag,
+                dest=f"{section}.{f.name}",
+                type=kind,
+                default=None,
+                metavar=f.name.upper(),
+                help=f"{f.metadata.get('help', '')} (default: {shown})",
+            )
+
+
+def _config_from_args(args: argparse.Namespace) -> Config:
+    changes = {
+        k: v
+        for k, v in vars(args).items()
+        if v is not None and (k.split(".")[0] in _SECTIONS and "." in k)
+    }
+    if args.psnr is not None:
+        changes["psnr"] = args.psnr
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    return Config().replace(**changes)
+
+
+def _print_report(
+    report: api.Report,
+    out: Path | None,
+    seconds_decode: float | None = None,
+    decoded_psnr: float | None = None,
+) -> None:
+    print(f"{'output':<16}{out}" if out else "", end="\n" if out else "")
+    print(
+        f"{'ratio':<16}{report.ratio:.1f}x  ({report.n_bytes} bytes for {report.n_values} values)"
+    )
+    print(f"{'bits/value':<16}{report.bits_per_value:.4f}")
+    print(f"{'PSNR':<16}{report.psnr:.2f} dB (stored)")
+    if decoded_psnr is not None:
+        print(f"{'PSNR check':<16}{decoded_psnr:.2f} dB (measured after decompression)")
+    print(f"{'networks':<16}{report.n_nets} ({report.n_blocks} blocks, {report.n_trivial} trivial)")
+    print(f"{'encode':<16}{report.seconds:.1f} s ({report.fit_steps} training steps)")
+    if seconds_decode is not None:
+        print(f"{'decode':<16}{seconds_decode:.2f} s")
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    cfg = _config_from_args(args)
+    out = Path(args.output)
+    api.write.check_destination(out, args.overwrite)
+    volume = api.read.read(args.input, var=args.var, time_dim=args.time_dim)
+    blob, report = api.compress_volume(volume, cfg, progress=not args.quiet)
+    api.write.write_bytes(out, blob, overwrite=args.overwrite)
+    _print_report(report, out)
+    return 0
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    api.write.check_destination(out, args.overwrite)
+    arr = api.open(args.input, device=args.device)
+    key: Any = ...
+    if args.region is not None:
+        key = api.parse_index(args.region)
+    if args.time is not None:
+        key = (api.parse_index(args.time)[0],) + (tuple(key) if args.region else ())
+        if args.region is not None:
+            raise api.InputError("give --time or --region, not both (--region includes time)")
+    t0 = time.perf_counter()
+    data = arr[key]
+    seconds = time.perf_counter() - t0
+    dims = _kept_dims(arr, key)
+    api.write_decoded(out, data, arr, dims=dims, overwrite=args.overwrite)
+    print(f"wrote {out} {data.shape} {data.dtype} in {seconds:.2f} s")
+    return 0
+
+
+def _kept_dims(arr: api.SinrArray, key: Any) -> tuple[str, ...]:
+    keys = api._normalize_key(key, arr.shape)
+    return tuple(d for d, k in zip(arr.dims, keys, strict=True) if not isinstance(k, int))
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    meta = api.info(args.input)
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return 0
+    for key, value in meta.items():
+        if key == "sections":
+            print("sections")
+            for name, size in value.items():
+                print(f"  {name:<14}{size:>12} bytes")
+        elif key != "attrs":
+            print(f"{key:<16}{value}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(psnr_db=args.psnr, device=args.device, progress=not args.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sciinr",
+        description="Compress time-varying scientific fields with implicit neural representations.",
+    )
+    parser.add_argument("--version", action="version", version=f"sciinr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, errors only")
+
+    p = sub.add_parser(
+        "compress",
+        help="compress a field from HDF5, NetCDF or .npy to .sinr",
+        description="Compress one variable of an HDF5/NetCDF/.npy file to .sinr.",
+    )
+    p.add_argument("input", help="HDF5, NetCDF or .npy file")
+    p.add_argument("-o", "--output", required=True, help="the .sinr file to write")
+    p.add_argument("--var", help="variable (NetCDF) or dataset path (HDF5)")
+    p.add_argument("--time-dim", help="name of the time dimension, or 'none' for a static field")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    _add_config_flags(p)
+    common(p)
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser(
+        "decompress",
+        help="decode a .sinr file to .npy, HDF5 or NetCDF",
+        description="Decode all of a .sinr file, one time step, or a region.",
+    )
+    p.add_argument("input", help="the .sinr file")
+    p.add_argument("-o", "--output", required=True, help="output: .npy, .h5 or .nc")
+    p.add_argument("--time", help="only this time step (or range a:b)")
+    p.add_argument("--region", help="index over all axes, e.g. '3,0:32,:,10:20'")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    common(p)
+    p.set_defaults(func=cmd_decompress)
+
+    p = sub.add_parser(
+        "info",
+        help="describe a .sinr file without decoding it",
+        description="Shape, variable, ratio, PSNR, networks, bytes per section.",
+    )
+    p.add_argument("input", help="the .sinr file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    common(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "demo",
+        help="compress the bundled real excerpt and report",
+        description="Compress the viscous-fingering excerpt that ships with "
+        "sciinr, decompress it, and print ratio, PSNR, bits/value and timings.",
+    )
+    p.add_argument("--psnr", type=float, default=40.0, help="target PSNR (default: 40)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    common(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * args.verbose if not args.quiet else logging.ERROR
+    logging.basicConfig(
+        level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        ctx = logging_redirect_tqdm() if not args.quiet else contextlib.nullcontext()
+        with ctx:
+            return int(args.func(args))
+    except SciinrError as exc:
+        print(f"sciinr: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sciinr: interrupted; no output written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""One configuration object for the whole pipeline, shared by the CLI and the Python API.
+
+:class:`Config` nests one frozen dataclass per stage. Every field has a documented default
+(``metadata["help"]``, reused by the CLI) and holds JSON types only, so ``to_dict()`` goes
+into each file's header and ``from_dict()`` reads it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """How the (t, z, y, x) volume is cut into blocks."""
+
+    block: tuple[int, int, int, int] = field(
+        default=(8, 16, 16, 16),
+        metadata={"help": "block size in t, z, y, x (clipped to the field's own size)"},
+    )
+    trivial_fraction: float = field(
+        default=0.5,
+        metadata={
+            "help": "a block whose half-range is below this fraction of the target RMS error "
+            "is stored as one constant and never fitted"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        _check(
+            len(self.block) == 4, f"partition.block needs 4 sizes (t, z, y, x), got {self.block}"
+        )
+        _check(
+            all(isinstance(b, int) and 1 <= b <= 4096 for b in self.block),
+            f"partition.block sizes must be integers in 1..4096, got {self.block}",
+        )
+        _check(
+            0 <= self.trivial_fraction <= 10,
+            f"partition.trivial_fraction must be in [0, 10], got {self.trivial_fraction}",
+        )
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Balanced k-means grouping of similar blocks."""
+
+    blocks_per_net: int = field(
+        default=4, metadata={"help": "blocks served by one network (every network gets this many)"}
+    )
+    features: int = field(
+        default=4, metadata={"help": "block feature grid: each axis pooled to at most this size"}
+    )
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.blocks_per_net <= 4096, "cluster.blocks_per_net must be in 1..4096")
+        _check(1 <= self.features <= 64, "cluster.features must be in 1..64")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """The batched SIREN networks and their training."""
+
+    width: int = field(default=32, metadata={"help": "neurons per hidden layer"})
+    depth: int = field(default=2, metadata={"help": "hidden layers after the first one"})
+    latent_dim: int = field(default=8, metadata={"help": "length of each block's latent code"})
+    omega0: float = field(default=30.0, metadata={"help": "SIREN frequency factor"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate at the start"})
+    samples_per_net: int = field(
+        default=2048, metadata={"help": "random samples per network in one training step"}
+    )
+    max_steps: int = field(default=20000, metadata={"help": "training steps at most"})
+    max_seconds: float = field(default=900.0, metadata={"help": "training time budget, seconds"})
+    eval_every: int = field(
+        default=250, metadata={"help": "steps between exact PSNR evaluations of the whole field"}
+    )
+    margin_db: float = field(
+        default=0.3, metadata={"help": "train this many dB above the target before stopping"}
+    )
+    device: str = field(
+        default="auto", metadata={"help": "auto | cpu | cuda (auto: cuda if present)"}
+    )
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.width <= 1024, "fit.width must be in 1..1024")
+        _check(0 <= self.depth <= 16, "fit.depth must be in 0..16")
+        _check(0 <= self.latent_dim <= 256, "fit.latent_dim must be in 0..256")
+        _check(0 < self.omega0 <= 1000, "fit.omega0 must be in (0, 1000]")
+        _check(0 < self.lr < 1, "fit.lr must be in (0, 1)")
+        _check(1 <= self.samples_per_net <= 1 << 22, "fit.samples_per_net must be in 1..4194304")
+        _check(0 <= self.max_steps <= 10_000_000, "fit.max_steps must be in 0..10000000")
+        _check(self.max_seconds > 0, "fit.max_seconds must be > 0")
+        _check(self.eval_every >= 1, "fit.eval_every must be >= 1")
+        _check(0 <= self.margin_db <= 20, "fit.margin_db must be in [0, 20]")
+        _check(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            f"fit.device must be auto, cpu or cuda, got {self.device!r}",
+        )
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that decides how a field is compressed.
+
+    Parameters
+    ----------
+    psnr : float, default: 40.0
+        Target PSNR in dB over the whole field (value range of the original, MSE over all values).
+    seed : int, default: 0
+        Seed of every random choice (initial weights, k-means, sampling).
+    partition, cluster, fit
+        Per-stage settings: :class:`PartitionConfig`, :class:`ClusterConfig`, :class:`FitConfig`.
+    """
+
+    psnr: float = field(default=40.0, metadata={"help": "target PSNR in dB over the whole field"})
+    seed: int = field(default=0, metadata={"help": "seed of every random choice"})
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+
+    def __post_init__(self) -> None:
+        _check(10.0 <= self.psnr <= 140.0, f"psnr must be between 10 and 140 dB, got {self.psnr}")
+        _check(0 <= self.seed < 2**63, "seed must be a non-negative integer")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible nested dict (tuples become lists)."""
+        return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
+        return _build(cls, d)
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with top-level fields or dotted stage fields (``"fit.width"``) changed."""
+        top: dict[str, Any] = {}
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in changes.items():
+            if "." in key:
+                stage, name = key.split(".", 1)
+                nested.setdefault(stage, {})[name] = value
+            else:
+                top[key] = value
+        for stage, fields in nested.items():
+            if not hasattr(self, stage):
+                raise ConfigError(f"unknown config section {stage!r}")
+            try:
+                top[stage] = dataclasses.replace(getattr(self, stage), **fields)
+            except TypeError as exc:
+                raise ConfigError(f"config section {stage!r}: {exc}") from None
+        try:
+            return dataclasses.replace(self, **top)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _build(cls: type, d: Any) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"config section for {cls.__name__} must be a mapping")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(names)
+    if unknown:
+        raise ConfigError(f"unknown config keys for {cls.__name__}: {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in d.items():
+        f = names[key]
+        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub):
+            kwargs[key] = _build(sub, value)
+        elif isinstance(value, list):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{cls.__name__}: {exc}") from None

@@ -1,0 +1,94 @@
+"""Partition stage: :class:`Volume` -> :class:`Blocks`, and ``assemble`` back.
+
+The (t, z, y, x) field is cut into equal blocks (the block size is clipped to the field's
+size; edge blocks are padded by repeating the last value). Each block is min-max normalized
+to [-1, 1]; a block whose half-range is within the tolerance is *trivial*: stored as its
+mid-value and never fitted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import PartitionConfig
+from ..payloads import Blocks, Volume
+
+
+def block_shape(shape4: tuple[int, ...], block: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """The block size actually used for a field of this 4-D shape."""
+    return tuple(min(int(b), int(s)) for b, s in zip(block, shape4, strict=True))  # type: ignore[return-value]
+
+
+def grid_shape(shape4: tuple[int, ...], block: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """Number of blocks along each axis."""
+    return tuple(-(-int(s) // int(b)) for s, b in zip(shape4, block, strict=True))  # type: ignore[return-value]
+
+
+def to_blocks(data: np.ndarray, block: tuple[int, ...]) -> np.ndarray:
+    """(T, Z, Y, X) -> (n_blocks, bt*bz*by*bx), edge-padded; block order is C order of the grid."""
+    grid = grid_shape(data.shape, block)
+    pad = [(0, g * b - s) for g, b, s in zip(grid, block, data.shape, strict=True)]
+    if any(p[1] for p in pad):
+        data = np.pad(data, pad, mode="edge")
+    g0, g1, g2, g3 = grid
+    b0, b1, b2, b3 = block
+    v = data.reshape(g0, b0, g1, b1, g2, b2, g3, b3).transpose(0, 2, 4, 6, 1, 3, 5, 7)
+    return v.reshape(g0 * g1 * g2 * g3, b0 * b1 * b2 * b3)
+
+
+def partition(volume: Volume, cfg: PartitionConfig, tolerance: float) -> Blocks:
+    """Cut a volume into normalized blocks.
+
+    Parameters
+    ----------
+    volume : Volume
+        The field.
+    cfg : PartitionConfig
+        Block size and trivial-block rule.
+    tolerance : float
+        Target RMS error in original units; a block is trivial when its half-range is at
+        most ``cfg.trivial_fraction * tolerance`` (so its error is bounded by that).
+    """
+    block = block_shape(volume.data.shape, cfg.block)
+    grid = grid_shape(volume.data.shape, block)
+    flat = to_blocks(volume.data, block)
+    lo = flat.min(axis=1)
+    hi = flat.max(axis=1)
+    half = (hi.astype(np.float64) - lo) / 2
+    trivial = half <= cfg.trivial_fraction * tolerance
+    fit = flat[~trivial]
+    valid = valid_mask(volume.data.shape, block, np.flatnonzero(trivial))
+    mid = (lo[trivial, None].astype(np.float64) + hi[trivial, None]) / 2
+    trivial_sse = float((((flat[trivial] - mid) ** 2) * valid).sum())
+    lo_f = lo[~trivial, None].astype(np.float64)
+    scale = (hi[~trivial, None].astype(np.float64) - lo_f) / 2
+    values = ((fit - lo_f) / scale - 1.0).astype(np.float32)
+    return Blocks(
+        block=block,
+        grid=grid,
+        lo=lo.astype(np.float32),
+        hi=hi.astype(np.float32),
+        trivial=trivial,
+        values=values,
+        shape4=tuple(volume.data.shape),
+        trivial_sse=trivial_sse,
+    )
+
+
+def valid_mask(shape4: tuple[int, ...], block: tuple[int, ...], ids: np.ndarray) -> np.ndarray:
+    """(len(ids), voxels per block) bool: which voxels of these blocks lie inside the field."""
+    grid = grid_shape(shape4, block)
+    cells = np.stack(np.unravel_index(np.asarray(ids, np.int64), grid), axis=1)  # (n, 4)
+    mask = np.ones((len(ids), *block), bool)
+    for axis in range(4):
+        inside = cells[:, axis, None] * block[axis] + np.arange(block[axis]) < shape4[axis]
+        shp = [len(ids), 1, 1, 1, 1]
+        shp[axis + 1] = block[axis]
+        mask &= inside.reshape(shp)
+    return mask.reshape(len(ids), int(np.prod(block)))
+
+
+def denormalize(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Normalized block values back to original units (broadcasting lo/hi per block)."""
+    lo64 = lo.astype(np.float64)
+    return lo64 + (values.astype(np.float64) + 1.0) * ((hi.astype(np.float64) - lo64) / 2)

@@ -1,0 +1,369 @@
+"""Read stage: a file (HDF5, NetCDF, ``.npy``) or an array -> :class:`~sciinr.payloads.Volume`.
+
+Only the variable asked for is read. The time axis comes from the file's dimension names
+(or ``time_dim``); it must be the first axis. Values must be finite float32/float64
+(NetCDF variables packed as integers with ``scale_factor``/``add_offset`` are unpacked).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..payloads import Volume
+
+logger = logging.getLogger(__name__)
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+NETCDF3_MAGICS = (b"CDF\x01", b"CDF\x02", b"CDF\x05")
+NPY_MAGIC = b"\x93NUMPY"
+NETCDF_SUFFIXES = {".nc", ".nc4", ".cdf", ".netcdf"}
+TIME_NAMES = {
+    "time",
+    "t",
+    "times",
+    "month",
+    "months",
+    "step",
+    "steps",
+    "timestep",
+    "time_step",
+    "frame",
+    "frames",
+    "record",
+    "date",
+    "day",
+    "days",
+    "year",
+    "years",
+}
+_SKIP_ATTRS = {
+    "DIMENSION_LIST",
+    "REFERENCE_LIST",
+    "CLASS",
+    "NAME",
+    "DIMENSION_LABELS",
+    "_Netcdf4Dimid",
+    "_Netcdf4Coordinates",
+    "_FillValue",
+    "scale_factor",
+    "add_offset",
+    "missing_value",
+    "_Unsigned",
+    "valid_range",
+    "valid_min",
+    "valid_max",
+}
+
+
+def read(
+    source: Any,
+    var: str | None = None,
+    time_dim: str | None = None,
+    dims: tuple[str, ...] | None = None,
+) -> Volume:
+    """Read one field into a :class:`Volume`.
+
+    Parameters
+    ----------
+    source : str, Path, numpy.ndarray, h5py.Dataset or netCDF4.Variable
+        Where the field is.
+    var : str, optional
+        Dataset path (HDF5) or variable name (NetCDF). Optional when the file holds one field.
+    time_dim : str, optional
+        Name of the time dimension; ``"none"`` for a static field. Default: from dimension names.
+    dims : tuple of str, optional
+        Axis names for an array source.
+
+    Raises
+    ------
+    InputError
+        Missing file, unreadable file, unknown variable, bad dtype/shape, or non-finite values.
+    """
+    if isinstance(source, np.ndarray):
+        names = dims or _default_dims(source.ndim)
+        return _to_volume(source, "<array>", "data", names, {}, time_dim, None)
+    mod = type(source).__module__
+    if mod.startswith("h5py"):
+        return _from_h5_dataset(source, getattr(source.file, "filename", "<h5py>"), time_dim)
+    if mod.startswith("netCDF4"):
+        return _from_nc_variable(source, source.group().filepath(), time_dim)
+    if isinstance(source, str | os.PathLike):
+        return read_path(Path(source), var, time_dim)
+    raise InputError(
+        f"cannot read a {type(source).__name__}: give a path, array, h5py dataset "
+        "or netCDF4 variable"
+    )
+
+
+def read_path(path: Path, var: str | None, time_dim: str | None) -> Volume:
+    """Read a field from a file path (format detected from the magic bytes)."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a file")
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(8)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    if magic.startswith(NPY_MAGIC):
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise InputError(f"{path}: unreadable .npy file ({exc})") from None
+        return _to_volume(
+            arr, str(path), var or path.stem, _default_dims(arr.ndim), {}, time_dim, None
+        )
+    if magic.startswith(NETCDF3_MAGICS) or (
+        magic == HDF5_MAGIC and path.suffix.lower() in NETCDF_SUFFIXES
+    ):
+        return _read_netcdf(path, var, time_dim)
+    if magic == HDF5_MAGIC:
+        return _read_hdf5(path, var, time_dim)
+    raise InputError(f"{path}: not an HDF5, NetCDF or .npy file (unknown magic bytes)")
+
+
+def _default_dims(ndim: int) -> tuple[str, ...]:
+    return {1: ("x",), 2: ("y", "x"), 3: ("z", "y", "x"), 4: ("time", "z", "y", "x")}.get(
+        ndim, tuple(f"dim{i}" for i in range(ndim))
+    )
+
+
+def _read_hdf5(path: Path, var: str | None, time_dim: str | None) -> Volume:
+    import h5py
+
+    try:
+        fh = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(f"{path}: unreadable HDF5 file ({exc})") from None
+    with fh:
+        fields: list[str] = []
+        fh.visititems(
+            lambda name, obj: (
+                fields.append(name) if isinstance(obj, h5py.Dataset) and obj.ndim >= 2 else None
+            )
+        )
+        if var is None:
+            if len(fields) != 1:
+                raise InputError(
+                    f"{path}: {len(fields)} candidate datasets, choose one with "
+                    f"--var (has: {', '.join(fields) or 'none'})"
+                )
+            var = fields[0]
+        obj = fh.get(var)
+        if not isinstance(obj, h5py.Dataset):
+            raise InputError(
+                f"{path}: variable {var!r} not found (has: "
+                f"{', '.join(fields) or 'no multi-dimensional datasets'})"
+            )
+        return _from_h5_dataset(obj, str(path), time_dim)
+
+
+def _from_h5_dataset(ds: Any, path: str, time_dim: str | None) -> Volume:
+    name = ds.name.lstrip("/")
+    labels = [d.label for d in ds.dims] if ds.ndim else []
+    dims = tuple(lbl if lbl else f"dim{i}" for i, lbl in enumerate(labels))
+    attrs = _clean_attrs(dict(ds.attrs))
+    _check_dtype(ds.dtype, path, name)
+    try:
+        arr = ds[()]
+    except OSError as exc:
+        raise InputError(f"{path}: variable {name!r} cannot be read ({exc})") from None
+    return _to_volume(arr, path, name, dims, attrs, time_dim, None)
+
+
+def _read_netcdf(path: Path, var: str | None, time_dim: str | None) -> Volume:
+    import netCDF4
+
+    try:
+        ds = netCDF4.Dataset(path, "r")
+    except OSError as exc:
+        raise InputError(f"{path}: unreadable NetCDF file ({exc})") from None
+    with ds:
+        coord_names = set(ds.dimensions)
+        fields = [n for n, v in ds.variables.items() if v.ndim >= 2 and n not in coord_names]
+        if var is None:
+            if len(fields) != 1:
+                raise InputError(
+                    f"{path}: {len(fields)} candidate variables, choose one with "
+                    f"--var (has: {', '.join(fields) or 'none'})"
+                )
+            var = fields[0]
+        if var not in ds.variables:
+            raise InputError(f"{path}: variable {var!r} not found (has: {', '.join(fields)})")
+        return _from_nc_variable(ds.variables[var], str(path), time_dim)
+
+
+def _from_nc_variable(v: Any, path: str, time_dim: str | None) -> Volume:
+    name = v.name
+    packed = "scale_factor" in v.ncattrs() or "add_offset" in v.ncattrs()
+    if not packed or (
+        not np.issubdtype(v.dtype, np.integer) and not np.issubdtype(v.dtype, np.floating)
+    ):
+        _check_dtype(v.dtype, path, name)
+    attrs = _clean_attrs({k: v.getncattr(k) for k in v.ncattrs()})
+    grp = v.group()
+    unlimited = {n for n, d in grp.dimensions.items() if d.isunlimited()}
+    time_hint = None
+    for d in v.dimensions:
+        cv = grp.variables.get(d)
+        is_time = d in unlimited and v.dimensions[0] == d
+        if cv is not None:
+            units = str(getattr(cv, "units", ""))
+            is_time |= " since " in units or getattr(cv, "axis", "") == "T"
+            is_time |= getattr(cv, "standard_name", "") == "time"
+        if is_time:
+            time_hint = d
+            break
+    try:
+        with warnings.catch_warnings():  # netCDF4 warns while casting fill values of packed ints
+            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            arr = v[...]
+    except (OSError, RuntimeError) as exc:
+        raise InputError(f"{path}: variable {name!r} cannot be read ({exc})") from None
+    if np.ma.isMaskedArray(arr):
+        n_masked = int(np.ma.count_masked(arr))
+        if n_masked:
+            raise InputError(
+                f"{path}: variable {name!r} has {n_masked} missing (fill) values; "
+                "fill them before compressing"
+            )
+        arr = np.asarray(arr.data)
+    if packed:
+        arr = arr.astype(np.float32) if arr.dtype != np.float64 else arr
+        attrs["sciinr_unpacked_from"] = str(v.dtype)
+    return _to_volume(arr, path, name, tuple(v.dimensions), attrs, time_dim, time_hint)
+
+
+def _check_dtype(dtype: Any, path: str, name: str) -> None:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise InputError(
+            f"{path}: variable {name!r} has dtype {dtype}; sciinr compresses "
+            "float32 or float64 fields only"
+        )
+
+
+def _to_volume(
+    arr: Any,
+    path: str,
+    name: str,
+    dims: tuple[str, ...],
+    attrs: dict[str, Any],
+    time_dim: str | None,
+    time_hint: str | None,
+) -> Volume:
+    _check_dtype(arr.dtype, path, name)
+    shape = tuple(int(s) for s in arr.shape)
+    if not 2 <= len(shape) <= 4:
+        raise InputError(
+            f"{path}: variable {name!r} has {len(shape)} dimensions {shape}; "
+            "sciinr takes 2 to 4 (time first, then space)"
+        )
+    if 0 in shape:
+        raise InputError(f"{path}: variable {name!r} is empty (shape {shape})")
+    dims = tuple(dims) if len(dims) == len(shape) else _default_dims(len(shape))
+    has_time = _time_axis(dims, shape, time_dim, time_hint, path, name)
+    spatial = shape[1:] if has_time else shape
+    if len(spatial) > 3 or len(spatial) < 1:
+        raise InputError(
+            f"{path}: variable {name!r} has {len(spatial)} spatial dimensions; "
+            "sciinr takes 1 to 3 besides time"
+        )
+    t = shape[0] if has_time else 1
+    full = (t, *((1,) * (3 - len(spatial))), *spatial)
+    data = np.ascontiguousarray(np.asarray(arr), dtype=np.float32).reshape(full)
+    finite = np.isfinite(data)
+    if not finite.all():
+        bad = int(data.size - finite.sum())
+        raise InputError(
+            f"{path}: variable {name!r} has {bad} NaN/Inf values; sciinr needs "
+            "finite values (mask or fill them first)"
+        )
+    if arr.dtype == np.float64:
+        big = np.abs(np.asarray(arr)).max()
+        if big > np.finfo(np.float32).max:
+            raise InputError(f"{path}: variable {name!r} exceeds the float32 range")
+    logger.info("read %s:%s shape=%s dims=%s time=%s", path, name, shape, dims, has_time)
+    return Volume(
+        data=data,
+        orig_shape=shape,
+        dims=dims,
+        has_time=has_time,
+        dtype=str(np.dtype(arr.dtype)),
+        variable=name,
+        attrs=attrs,
+        source=path,
+    )
+
+
+def _time_axis(
+    dims: tuple[str, ...],
+    shape: tuple[int, ...],
+    time_dim: str | None,
+    time_hint: str | None,
+    path: str,
+    name: str,
+) -> bool:
+    if time_dim is not None:
+        if time_dim.lower() == "none":
+            if len(shape) == 4:
+                raise InputError(f"{path}: variable {name!r} is 4-D; its first axis must be time")
+            return False
+        if time_dim not in dims:
+            raise InputError(
+                f"{path}: variable {name!r} has no dimension {time_dim!r} (has: {', '.join(dims)})"
+            )
+        if dims.index(time_dim) != 0:
+            raise InputError(
+                f"{path}: variable {name!r}: time dimension {time_dim!r} must be the first axis"
+            )
+        return True
+    found = time_hint or next((d for d in dims if d.lower() in TIME_NAMES), None)
+    if found is not None and dims.index(found) == 0:
+        return True
+    return len(shape) == 4
+
+
+def _clean_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if key in _SKIP_ATTRS:
+            continue
+        v = _json_value(value)
+        if v is not None:
+            out[str(key)] = v
+    return out
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, np.generic):
+        return (
+            value.item() if not isinstance(value, np.bytes_) else value.decode("utf-8", "replace")
+        )
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "iufb":
+            return value.tolist() if value.size > 1 else value.item()
+        if value.dtype.kind in "SUO":
+            items = [_json_value(x) for x in value.ravel()]
+            if all(isinstance(x, str) for x in items):
+                return items if len(items) > 1 else items[0]
+    if isinstance(value, list | tuple):
+        items = [_json_value(x) for x in value]
+        return items if all(x is not None for x in items) else None
+    return None

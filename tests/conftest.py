@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny formula fields and a fast configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sciinr import Config
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def smooth_field(t: int = 4, z: int = 8, y: int = 16, x: int = 16, seed: int = 0) -> np.ndarray:
+    """A smooth travelling wave plus a blob: easy to fit, not constant anywhere."""
+    rng = np.random.default_rng(seed)
+    tt, zz, yy, xx = np.meshgrid(
+        np.linspace(0, 1, t),
+        np.linspace(0, 1, z),
+        np.linspace(0, 1, y),
+        np.linspace(0, 1, x),
+        indexing="ij",
+    )
+    phase = rng.uniform(0, 1)
+    f = np.sin(2 * np.pi * (xx + 0.5 * yy - 0.3 * tt + phase)) + 0.5 * np.exp(
+        -((xx - 0.5) ** 2 + (yy - 0.5) ** 2 + (zz - 0.5) ** 2) / 0.05
+    )
+    return (10 + 3 * f).astype(np.float32)
+
+
+@pytest.fixture
+def field() -> np.ndarray:
+    return smooth_field()
+
+
+@pytest.fixture
+def tiny_config() -> Config:
+    return Config(psnr=30.0).replace(
+        **{
+            "partition.block": (2, 8, 8, 8),
+            "fit.width": 16,
+            "fit.depth": 1,
+            "fit.samples_per_net": 512,
+            "fit.eval_every": 50,
+            "fit.max_steps": 3000,
+            "fit.device": "cpu",
+        }
+    )
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA

@@ -1,0 +1,132 @@
+import h5py
+import netCDF4
+import numpy as np
+import pytest
+
+from sciinr.cli import main
+from sciinr.metrics import psnr
+
+from .conftest import smooth_field
+
+TINY = [
+    "--block",
+    "2,8,8,8",
+    "--width",
+    "16",
+    "--depth",
+    "1",
+    "--samples-per-net",
+    "512",
+    "--eval-every",
+    "50",
+    "--device",
+    "cpu",
+    "-q",
+]
+
+
+@pytest.fixture(scope="module")
+def sinr_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    src = d / "in.nc"
+    field = smooth_field()
+    with netCDF4.Dataset(src, "w") as ds:
+        for name, n in zip(("time", "z", "y", "x"), field.shape, strict=True):
+            ds.createDimension(name, n)
+        v = ds.createVariable("theta", "f4", ("time", "z", "y", "x"))
+        v.units = "K"
+        v[...] = field
+    out = d / "out.sinr"
+    assert (
+        main(["compress", str(src), "-o", str(out), "--var", "theta", "--psnr", "30", *TINY]) == 0
+    )
+    return field, out
+
+
+def test_compress_decompress_formats(tmp_path, sinr_file, capsys):
+    field, sinr = sinr_file
+    for name in ("a.npy", "a.h5", "a.nc"):
+        assert main(["decompress", str(sinr), "-o", str(tmp_path / name), "-q"]) == 0
+    assert psnr(field, np.load(tmp_path / "a.npy")) >= 30
+    with h5py.File(tmp_path / "a.h5") as fh:
+        assert [d.label for d in fh["theta"].dims] == ["time", "z", "y", "x"]
+        assert fh["theta"].attrs["units"] == "K"
+    with netCDF4.Dataset(tmp_path / "a.nc") as ds:
+        assert ds["theta"].dimensions == ("time", "z", "y", "x")
+        assert ds["theta"].units == "K"
+
+
+def test_time_and_region(tmp_path, sinr_file):
+    _, sinr = sinr_file
+    assert main(["decompress", str(sinr), "-o", str(tmp_path / "full.npy"), "-q"]) == 0
+    assert main(["decompress", str(sinr), "-o", str(tmp_path / "t.nc"), "--time", "1", "-q"]) == 0
+    assert (
+        main(
+            [
+                "decompress",
+                str(sinr),
+                "-o",
+                str(tmp_path / "r.npy"),
+                "--region",
+                "0:2,1:3,:,4",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    full = np.load(tmp_path / "full.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), full[0:2, 1:3, :, 4], atol=1e-5)
+    with netCDF4.Dataset(tmp_path / "t.nc") as ds:
+        assert ds["theta"].dimensions == ("z", "y", "x")
+        np.testing.assert_allclose(ds["theta"][...], full[1], atol=1e-5)
+
+
+def test_info(sinr_file, capsys):
+    _, sinr = sinr_file
+    assert main(["info", str(sinr)]) == 0
+    out = capsys.readouterr().out
+    for word in ("ratio", "psnr", "networks", "params", "theta"):
+        assert word in out
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sciinr: error: ")
+    assert "\n" not in err
+    assert "Traceback" not in err
+    return err
+
+
+def test_one_line_errors(tmp_path, sinr_file, capsys):
+    field, sinr = sinr_file
+    assert main(["compress", str(tmp_path / "missing.h5"), "-o", str(tmp_path / "o.sinr")]) == 2
+    assert "missing.h5: no such file" in _error_line(capsys)
+    src = tmp_path / "ints.h5"
+    with h5py.File(src, "w") as fh:
+        fh["count"] = np.zeros((4, 4, 4), np.int32)
+        fh["rho"] = field
+    assert main(["compress", str(src), "-o", str(tmp_path / "o.sinr"), "--var", "nope"]) == 2
+    assert "'nope' not found (has: count, rho)" in _error_line(capsys)
+    assert main(["compress", str(src), "-o", str(tmp_path / "o.sinr"), "--var", "count"]) == 2
+    assert "dtype int32" in _error_line(capsys)
+    bad = tmp_path / "cut.sinr"
+    bad.write_bytes(sinr.read_bytes()[:-7])
+    assert main(["decompress", str(bad), "-o", str(tmp_path / "o.npy")]) == 2
+    assert "truncated" in _error_line(capsys)
+    assert (
+        main(
+            ["compress", str(src), "-o", str(tmp_path / "o.sinr"), "--var", "rho", "--psnr", "500"]
+        )
+        == 2
+    )
+    assert "psnr" in _error_line(capsys)
+    assert not (tmp_path / "o.sinr").exists()
+    assert not (tmp_path / "o.npy").exists()
+
+
+def test_help_on_every_command(capsys):
+    for cmd in ("compress", "decompress", "info", "demo"):
+        with pytest.raises(SystemExit) as exc:
+            main([cmd, "--help"])
+        assert exc.value.code == 0
+        assert "usage: sciinr " + cmd in capsys.readouterr().out
