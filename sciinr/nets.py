@@ -86,13 +86,26 @@ class BatchedSiren(nn.Module):
         lat = torch.randn((shape.n_blocks, shape.latent_dim), generator=generator) * 0.01
         self.latents = nn.Parameter(lat)
 
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The effective stacked parameters used by :meth:`forward`.
+
+        Subclasses (pruned or weight-shared networks, see :mod:`sciinr.stages.shrink`) override
+        this to build the weights from masks or codebooks; training then updates whatever
+        :meth:`parameters` they expose.
+        """
+        return dict(self.params.items())
+
+    def latent_table(self) -> torch.Tensor:
+        """The effective latent codes, ``(n_blocks, latent_dim)``."""
+        return self.latents
+
     def block_bias(self, block_net: torch.Tensor) -> torch.Tensor:
         """First-layer contribution of every block's latent code, ``(n_blocks, width)``.
 
         ``block_net`` (n_blocks,) long: the network that owns each block.
         """
-        w_lat = self.params["w_lat"][block_net]  # (n_blocks, L, W)
-        return torch.bmm(self.latents.unsqueeze(1), w_lat).squeeze(1)
+        w_lat = self.weights()["w_lat"][block_net]  # (n_blocks, L, W)
+        return torch.bmm(self.latent_table().unsqueeze(1), w_lat).squeeze(1)
 
     def forward(self, coords: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """Evaluate all networks.
@@ -109,7 +122,7 @@ class BatchedSiren(nn.Module):
         Tensor (n_nets, S)
             Normalized values in roughly [-1, 1].
         """
-        p = self.params
+        p = self.weights()
         w0 = self.shape.omega0
         h = torch.baddbmm(bias + p["b_in"], coords, p["w_in"])
         h = torch.sin(w0 * h)
@@ -119,9 +132,10 @@ class BatchedSiren(nn.Module):
         return out.squeeze(-1)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
-        """All parameters as float32 NumPy arrays (name -> array), latents included."""
-        out = {k: v.detach().cpu().float().numpy() for k, v in self.params.items()}
-        out["latents"] = self.latents.detach().cpu().float().numpy()
+        """All effective parameters as float32 NumPy arrays (name -> array), latents included."""
+        with torch.no_grad():
+            out = {k: v.detach().cpu().float().numpy().copy() for k, v in self.weights().items()}
+            out["latents"] = self.latent_table().detach().cpu().float().numpy().copy()
         return out
 
     @classmethod

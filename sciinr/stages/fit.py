@@ -90,6 +90,7 @@ def fit(
     progress: bool = False,
     init: dict[str, np.ndarray] | None = None,
     max_steps: int | None = None,
+    net: BatchedSiren | None = None,
 ) -> Fitted:
     """Train one network per cluster until the whole field reaches ``target_psnr + margin``.
 
@@ -109,6 +110,9 @@ def fit(
         Show a tqdm bar with the current PSNR.
     init : dict, optional
         Start from these parameters (as in ``Fitted.arrays``) instead of a random init.
+    net : BatchedSiren, optional
+        Train this network (e.g. a pruned or weight-shared subclass) instead of a new one;
+        its :meth:`~BatchedSiren.parameters` are what the optimizer updates.
     max_steps : int, optional
         Overrides ``cfg.max_steps``.
     """
@@ -123,14 +127,15 @@ def fit(
         return Fitted(shape, net.state_arrays(), assignment.block_net, p, 0, 0.0)
 
     gen = torch.Generator().manual_seed(seed)
-    net = BatchedSiren(shape, gen) if init is None else BatchedSiren.from_arrays(shape, init)
+    if net is None:
+        net = BatchedSiren(shape, gen) if init is None else BatchedSiren.from_arrays(shape, init)
     net = net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     evaluator = _Evaluator(blocks, device, cfg.width)
 
     def exact_psnr() -> float:
-        params = dict(net.params.items())
-        sse = evaluator.sse(params, net.latents, shape, block_net)
+        with torch.no_grad():
+            sse = evaluator.sse(net.weights(), net.latent_table(), shape, block_net)
         return psnr_from_mse((sse + blocks.trivial_sse) / n_values, value_range)
 
     n_nets, per = assignment.slots.shape
