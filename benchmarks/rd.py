@@ -13,6 +13,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
+
+# measure the sciinr of this checkout (the one whose git revision the outputs record), even
+# when an editable install elsewhere is first on the path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sciinr.bench import run
 from sciinr.errors import SciinrError
