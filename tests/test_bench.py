@@ -204,3 +204,16 @@ def test_cli_bench_bad_input_is_one_line(
     assert not list(tmp_path.iterdir())
     assert cli.main(["bench", "small_theta_colpex", "--codecs", "zpaq", "-q"]) == 2
     assert "--codecs: unknown ['zpaq']" in capsys.readouterr().err
+
+
+def test_all_prefers_upstream_tthresh_over_the_wasm_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sciinr.bench import run
+
+    monkeypatch.setenv(bench_codecs.TTHRESH_ENV, sys.executable)  # any executable file
+    names, notes = run._codec_names("all")
+    assert "tthresh" in names
+    assert "tthresh-wasm" not in names
+    assert notes[0].startswith("tthresh-wasm left out")
+    monkeypatch.setenv(bench_codecs.TTHRESH_ENV, "/nonexistent/tthresh")
+    assert "tthresh-wasm" in run._codec_names("all")[0]
+    assert run._codec_names("sz3, zstd") == (["sz3", "zstd"], [])

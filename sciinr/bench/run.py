@@ -145,14 +145,21 @@ def _config_changes(items: Sequence[str]) -> dict[str, Any]:
     return changes
 
 
-def _codec_names(text: str) -> list[str]:
+def _codec_names(text: str) -> tuple[list[str], list[str]]:
+    """The codecs asked for, and notes on what ``all`` left out."""
     if text.strip() == "all":
-        return list(ALL_CODECS)
+        if codecs_mod.tthresh_binary() is not None:
+            note = (
+                "tthresh-wasm left out: the upstream tthresh program is used instead "
+                "(add it with --codecs to compare)"
+            )
+            return [n for n in ALL_CODECS if n != "tthresh-wasm"], [note]
+        return list(ALL_CODECS), []
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in ALL_CODECS]
     if unknown or not names:
         raise ConfigError(f"--codecs: unknown {unknown or text!r} (known: {', '.join(ALL_CODECS)})")
-    return names
+    return names, []
 
 
 def load(args: argparse.Namespace) -> tuple[datasets.Field, dict[str, Any]]:
@@ -200,11 +207,12 @@ def run(
     SciinrError
         Bad options, missing or different data file.
     """
-    names = _codec_names(args.codecs)
+    names, left_out = _codec_names(args.codecs)
     targets = _floats(args.targets, "--targets")
     field, bench_defaults = load(args)
     say = progress or (lambda s: None)
     baselines, notes = codecs_mod.load_codecs([n for n in names if n != "sciinr"])
+    notes = left_out + notes
     for msg in notes:
         say(msg)
     chosen: list[codecs_mod.Codec] = list(baselines)
