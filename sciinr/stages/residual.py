@@ -33,10 +33,10 @@ Sections (all per-chunk data is addressable, so a region decode reads only its c
 - ``residual_escapes`` zstd: int64 values of symbols beyond the table's alphabet.
 - ``residual_exact``   zstd: (uint32 index in chunk, float32 value) of exact voxels.
 
-Chunks are the model's blocks (their in-field part). Each chunk's integers may first be
-differenced along time, along x, or along z, y and x (lossless; the transform with the
-smallest ``sum log2(1 + 2|d|)`` is kept) and are then coded with ANS against its group's
-table, or with zstd, whichever is smaller.
+Chunks are the model's blocks (their in-field part). Each chunk's integers may first go
+through a Lorenzo predictor (differences along t, x, (y, x), (z, y, x) or all four axes;
+lossless; the one with the smallest ``sum log2(1 + 2|d|)`` is kept) and are then coded with
+ANS against its group's table, or with zstd, whichever is smaller.
 """
 
 from __future__ import annotations
@@ -75,13 +75,15 @@ _INDEX = np.dtype(
         ("words", "<u4"),  # length of the chunk's code (bytes for zstd, uint32 words for ANS)
         ("method", "u1"),  # 0: all zero (no code), 1: ANS, 2: zstd
         ("group", "u1"),  # ANS table row
-        ("transform", "u1"),  # 0: none, 1/2: difference along t/x, 3: spatial Lorenzo
+        ("transform", "u1"),  # index into TRANSFORMS
         ("width", "u1"),  # zstd: bytes per zig-zag integer (1, 2, 4, 8)
         ("escapes", "<u4"),
         ("exact", "<u4"),
     ]
 )
 METHOD_ZERO, METHOD_ANS, METHOD_ZSTD = 0, 1, 2
+# lossless transforms of a chunk's integers: differences along these (t, z, y, x) axes
+TRANSFORMS = ((), (0,), (3,), (1, 2, 3), (2, 3), (0, 1, 2, 3))
 
 
 # ----------------------------------------------------------------------------- the rule
@@ -413,24 +415,24 @@ def _verify(original: np.ndarray, prediction: np.ndarray, corr: Correction) -> N
 def _transforms(q: np.ndarray) -> list[np.ndarray | None]:
     """Candidate lossless transforms of one chunk (index = ``transform`` of its record).
 
-    0: none, 1: difference along t, 2: difference along x, 3: spatial Lorenzo (differences
-    along z, y and x). None where the axis has a single voxel.
+    Each is a Lorenzo predictor: differences along the axes of :data:`TRANSFORMS`
+    (none; t; x; z, y, x; y, x; t, z, y, x). None where one of its axes has a single voxel.
     """
-    lorenzo = q
-    for axis in (1, 2, 3):
-        lorenzo = np.diff(lorenzo, axis=axis, prepend=0)
-    return [
-        q,
-        np.diff(q, axis=0, prepend=0) if q.shape[0] > 1 else None,
-        np.diff(q, axis=3, prepend=0) if q.shape[3] > 1 else None,
-        lorenzo if min(q.shape[1:]) > 1 else None,
-    ]
+    out: list[np.ndarray | None] = []
+    for axes in TRANSFORMS:
+        if any(q.shape[a] < 2 for a in axes):
+            out.append(None)
+            continue
+        d = q
+        for axis in axes:
+            d = np.diff(d, axis=axis, prepend=0)
+        out.append(d)
+    return out
 
 
 def _untransform(d: np.ndarray, transform: int) -> np.ndarray:
     """Inverse of :func:`_transforms` (cumulative sums; exact on integers)."""
-    axes = {0: (), 1: (0,), 2: (3,), 3: (1, 2, 3)}[transform]
-    for axis in axes:
+    for axis in TRANSFORMS[transform]:
         d = np.cumsum(d, axis=axis)
     return d
 
@@ -639,7 +641,7 @@ class Layer:
         if (
             np.any(idx["method"] > METHOD_ZSTD)
             or np.any(idx["group"] >= self.n_groups)
-            or np.any(idx["transform"] > 3)
+            or np.any(idx["transform"] >= len(TRANSFORMS))
             or np.any(idx["escapes"] > per_chunk)
             or np.any(idx["exact"] > per_chunk)
             or np.any((idx["method"] == METHOD_ZSTD) & ~np.isin(idx["width"], (1, 2, 4, 8)))
