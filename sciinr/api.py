@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .config import BoundConfig, Config
+from .config import Config
 from .errors import ConfigError, FormatError, InputError
 from .metrics import bits_per_value, psnr, psnr_from_mse, ratio, rmse_for_psnr
 from .payloads import Model, Volume
@@ -492,6 +492,7 @@ class _Network:
     model: Model
     prediction: np.ndarray  # (T, Z, Y, X) float64
     margin: float  # residual.prediction_margin of the model
+    chunk: tuple[int, int, int, int]  # residual chunk: the block, or bound.chunk without networks
 
     @property
     def n_bytes(self) -> int:
@@ -503,13 +504,27 @@ def _network(volume: Volume, cfg: Config, split: int | None, progress: bool) -> 
     header, sections = container.unpack(blob)
     model = encode.decode_model(header["model"], sections)
     pred = residual.predict(model, device=fit.resolve_device(cfg.fit.device))
-    return _Network(split, header, sections, report, model, pred, residual.prediction_margin(model))
+    chunk = cfg.bound.chunk if split == 0 else model.block
+    margin = residual.prediction_margin(model)
+    return _Network(split, header, sections, report, model, pred, margin, tuple(chunk))
 
 
-def _network_config(plain: Config, split: int, net_psnr: float, n_nets: int) -> Config:
-    """The pipeline's config for one network size (``split`` 0: constants only, no networks)."""
+def _network_config(
+    plain: Config, split: int, net_psnr: float, n_nets: int, shape4: tuple[int, ...]
+) -> Config:
+    """The pipeline's config for one network size.
+
+    ``split`` 0: no networks; one block (the whole field, up to 4096 per axis) stored as its
+    mid-value, so the residual is the field itself, smooth across chunks.
+    """
     if split == 0:
-        return plain.replace(psnr=10.0, **{"partition.trivial_fraction": 10.0})
+        return plain.replace(
+            psnr=10.0,
+            **{
+                "partition.trivial_fraction": 10.0,
+                "partition.block": tuple(min(int(s), 4096) for s in shape4),
+            },
+        )
     return plain.replace(
         psnr=net_psnr,
         **{
@@ -524,7 +539,11 @@ def _compress_with_residual(volume: Volume, cfg: Config, progress: bool) -> tupl
     bound = cfg.bound
     lo, hi = volume.value_range
     vr = hi - lo
-    plain = cfg.replace(bound=BoundConfig(psnr_topup=False))
+    plain = cfg.replace(  # the network pipeline alone
+        bound=dataclasses.replace(
+            bound, max_error=None, rel_error=None, ratio=None, psnr_topup=False
+        )
+    )
     if bound.target is None:  # PSNR target: close the gap when the networks fall short
         net = _network(volume, plain, None, progress)
         reached = net.report.psnr
@@ -548,7 +567,8 @@ def _compress_with_residual(volume: Volume, cfg: Config, progress: bool) -> tupl
     best: tuple[float, _Network, residual.Correction | None] | None = None
     tried: list[dict[str, Any]] = []
     for split in bound.split:
-        net = _network(volume, _network_config(plain, split, net_psnr, n_nets), split, progress)
+        net_cfg = _network_config(plain, split, net_psnr, n_nets, volume.data.shape)
+        net = _network(volume, net_cfg, split, progress)
         if err is not None:
             corr: residual.Correction | None = _residual(volume, net, max_error=err)
         else:
@@ -593,10 +613,11 @@ def _residual(
     peak = float(np.abs(volume.data).max())
     if max_error is None:
         max_error = residual.max_error_for(step, peak)
+    chunk = net.chunk
     return residual.encode(
         volume.data,
         net.prediction,
-        net.model.block,
+        chunk,
         max_error,
         net.margin,
         step=step,

@@ -142,6 +142,13 @@ class BoundConfig:
             "0 = no networks, k = k times blocks per network (fewer, shared networks)"
         },
     )
+    chunk: tuple[int, int, int, int] = field(
+        default=(8, 64, 64, 64),
+        metadata={
+            "help": "residual chunk (t, z, y, x) of a file without networks, the unit of "
+            "region decoding (with networks: the block)"
+        },
+    )
     psnr_topup: bool = field(
         default=True,
         metadata={"help": "when the networks fall short of the PSNR target, add a residual"},
@@ -170,6 +177,10 @@ class BoundConfig:
             and len(set(self.split)) == len(self.split)
             and all(type(k) is int and 0 <= k <= 4096 for k in self.split),
             f"bound.split must be distinct integers in 0..4096, got {self.split}",
+        )
+        _check(
+            len(self.chunk) == 4 and all(type(c) is int and 1 <= c <= 1 << 16 for c in self.chunk),
+            f"bound.chunk needs 4 sizes in 1..65536, got {self.chunk}",
         )
         _check(isinstance(self.psnr_topup, bool), "bound.psnr_topup must be true or false")
 

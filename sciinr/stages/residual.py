@@ -52,7 +52,7 @@ import torch
 import zstandard
 
 from ..errors import FormatError
-from ..nets import forward_blocks, local_coords
+from ..nets import forward_blocks
 from ..payloads import Model
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ SECTION_NAMES = (
     "residual_exact",
 )
 QMAX = 2**31 - 1  # larger |q| -> the voxel is stored exactly
+MAX_CHUNKS = 1 << 24
 MAX_HALF_ALPHABET = 1 << 14
 MAX_GROUPS = 16
 ZSTD_LEVEL = 19
@@ -84,6 +85,9 @@ _INDEX = np.dtype(
 METHOD_ZERO, METHOD_ANS, METHOD_ZSTD = 0, 1, 2
 # lossless transforms of a chunk's integers: differences along these (t, z, y, x) axes
 TRANSFORMS = ((), (0,), (3,), (1, 2, 3), (2, 3), (0, 1, 2, 3))
+# error-feedback interpolation over these axes (transform len(TRANSFORMS) + i)
+INTERP_AXES = ((0, 1, 2, 3), (1, 2, 3), (2, 3))
+N_TRANSFORMS = len(TRANSFORMS) + len(INTERP_AXES)
 
 
 # ----------------------------------------------------------------------------- the rule
@@ -213,7 +217,7 @@ def predict(
     block_net = torch.from_numpy(model.block_net).to(dev)
     with torch.no_grad():
         for local, members in groups.items():
-            coords = local_coords(model.block, local, dev).double()
+            coords = torch.from_numpy(_coords64(model.block, local)).to(dev)
             sub = tuple(e - a for a, e in local)
             per = max(1, BATCH_ACTIVATIONS // max(1, coords.shape[0] * model.net.width))
             for start in range(0, len(members), per):
@@ -227,6 +231,20 @@ def predict(
                 for row, (_, dest) in enumerate(chunk):
                     out[dest] = vals[row].reshape(sub)
     return out
+
+
+def _coords64(block: tuple[int, ...], local: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """Block-local coordinates in [-1, 1] of a sub-grid, float64, computed on the CPU.
+
+    The same grid as :func:`sciinr.nets.local_coords` (which rounds to float32), made here so
+    that no device arithmetic enters the prediction before the network.
+    """
+    axes = []
+    for b, (start, stop) in zip(block, local, strict=True):
+        idx = np.arange(start, stop, dtype=np.float64)
+        axes.append(idx * (2.0 / (b - 1)) - 1.0 if b > 1 else idx * 0.0)
+    mesh = np.meshgrid(*axes, indexing="ij")
+    return np.stack([m.reshape(-1) for m in mesh], axis=1)
 
 
 def _touched(
@@ -262,6 +280,73 @@ def reconstruct(prediction: np.ndarray, q: np.ndarray, step: float) -> np.ndarra
     return (prediction + q.astype(np.float64) * step).astype(np.float32)
 
 
+def interpolate(
+    shape: tuple[int, ...],
+    axes: tuple[int, ...],
+    step: float,
+    residual: np.ndarray | None = None,
+    codes: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Error-feedback interpolation of one chunk: encode (``residual`` given) or decode.
+
+    Coarse to fine (strides ``2**k`` ... 1), one axis of ``axes`` at a time, each value is
+    predicted from already *reconstructed* neighbours along that axis (cubic where four
+    exist, else linear, else the left one) and the prediction error is quantized with
+    ``step``. Returns (codes, reconstruction); the reconstruction is within ``step / 2`` of
+    ``residual`` and the decoder recomputes it bit for bit from the codes (same float64
+    operations in the same order).
+    """
+    encode = residual is not None
+    out = np.zeros(shape, np.int64) if encode else codes
+    rec = np.zeros(shape, np.float64)
+    top = 1
+    while 2 * top < max(shape[a] for a in axes):
+        top *= 2
+    anchor = tuple(slice(0, None, 2 * top) if a in axes else slice(None) for a in range(4))
+    if encode:
+        out[anchor] = quantize(residual[anchor], step)
+    rec[anchor] = out[anchor] * step
+    s = top
+    while s >= 1:
+        for k in axes:
+            if shape[k] <= s:
+                continue
+
+            def at(start: int, k: int = k, s: int = s) -> tuple[slice, ...]:
+                return tuple(
+                    slice(None)
+                    if a not in axes
+                    else slice(start, None, 2 * s)
+                    if a == k
+                    else slice(0, None, s if a < k else 2 * s)
+                    for a in range(4)
+                )
+
+            def along(arr: np.ndarray, a0: int, n: int, k: int = k) -> np.ndarray:
+                return arr[tuple(slice(a0, a0 + n) if a == k else slice(None) for a in range(4))]
+
+            target = at(s)
+            left, right = rec[at(0)], rec[at(2 * s)]
+            n = len(range(s, shape[k], 2 * s))
+            pred = along(left, 0, n).copy()
+            nr = min(right.shape[k], n)
+            if nr:
+                along(pred, 0, nr)[...] = (along(left, 0, nr) + along(right, 0, nr)) / 2
+            nc = min(n - 1, right.shape[k] - 2)
+            if nc > 0:
+                along(pred, 1, nc)[...] = (
+                    -along(left, 0, nc)
+                    + 9 * along(left, 1, nc)
+                    + 9 * along(right, 1, nc)
+                    - along(right, 2, nc)
+                ) / 16
+            if encode:
+                out[target] = quantize(residual[target] - pred, step)
+            rec[target] = pred + out[target] * step
+        s //= 2
+    return out, rec
+
+
 def squared_error(original: np.ndarray, prediction: np.ndarray, step: float) -> float:
     """Sum of squared errors (float64) of the reconstruction with this step (for searches)."""
     total = 0.0
@@ -291,6 +376,15 @@ class Correction:
     @property
     def n_bytes(self) -> int:
         return sum(len(v) for v in self.sections.values())
+
+
+def chunk_shape(shape4: tuple[int, ...], block: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """The chunk of a field: the model's block, grown (x, then y, ...) while too many chunks."""
+    chunk = [max(1, min(int(b), int(s))) for b, s in zip(block, shape4, strict=True)]
+    while math.prod(-(-s // c) for s, c in zip(shape4, chunk, strict=True)) > MAX_CHUNKS:
+        axis = next(a for a in (3, 2, 1, 0) if chunk[a] < shape4[a])
+        chunk[axis] = min(2 * chunk[axis], int(shape4[axis]))
+    return tuple(chunk)  # type: ignore[return-value]
 
 
 def chunk_slices(shape4: tuple[int, ...], chunk: tuple[int, ...]) -> list[tuple[slice, ...]]:
@@ -323,7 +417,8 @@ def encode(
     prediction : numpy.ndarray
         (T, Z, Y, X) float64, from :func:`predict`.
     chunk : tuple of 4 int
-        Chunk shape (the model's block), the unit of region decoding.
+        Chunk shape (the model's block), the unit of region decoding; grown where a field
+        would have more than ``MAX_CHUNKS`` chunks.
     max_error : float
         The bound ``E`` (original units, > 0).
     margin : float, default: 0
@@ -345,19 +440,23 @@ def encode(
         step = step_for(max_error, peak)
     if not 0 < step <= 2 * max_error:
         raise ValueError(f"step {step} does not fit max_error {max_error}")
+    chunk = chunk_shape(original.shape, chunk)
     slices = chunk_slices(original.shape, chunk)
     q_chunks, exact_idx, exact_val = [], [], []
     sse = 0.0
     for sl in slices:
         o, p = original[sl], prediction[sl]
         r = o.astype(np.float64) - p
-        q = quantize(r, step)
-        out = reconstruct(p, q, step)
-        bad = _unsafe(o, p + q.astype(np.float64) * step, out, max_error, margin)
-        bad |= np.abs(q) >= QMAX
+        transform, codes, rhat, clipped = _choose(r, step)
+        y = p + rhat
+        out = y.astype(np.float32)
+        bad = _unsafe(o, y, out, max_error, margin) | clipped
         idx = np.flatnonzero(bad)
-        q.reshape(-1)[idx] = 0
-        q_chunks.append(q)
+        if transform < len(TRANSFORMS) and idx.size:  # exact voxels: code 0 (cheapest)
+            q = np.rint(rhat / step).astype(np.int64)
+            q.reshape(-1)[idx] = 0
+            codes = _transforms(q)[transform]
+        q_chunks.append((transform, codes))
         exact_idx.append(idx.astype("<u4"))
         exact_val.append(o.reshape(-1)[idx].astype("<f4"))
         d = o.astype(np.float64) - out
@@ -430,6 +529,29 @@ def _transforms(q: np.ndarray) -> list[np.ndarray | None]:
     return out
 
 
+def _choose(r: np.ndarray, step: float) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """Pick a chunk's coding: a Lorenzo transform of the quantized residual, or interpolation.
+
+    Returns (transform, codes, reconstruction of the residual, voxels whose code is clipped).
+    """
+    q = quantize(r, step)
+    options = _transforms(q)
+    costs = [_cost(d) if d is not None else math.inf for d in options]
+    best = int(np.argmin(costs))
+    result = (best, options[best], q.astype(np.float64) * step, np.abs(q) >= QMAX)
+    if not q.any():
+        return result
+    for i, axes in enumerate(INTERP_AXES):
+        if all(r.shape[a] < 2 for a in axes):
+            continue
+        codes, rec = interpolate(r.shape, axes, step, residual=r)
+        cost = _cost(codes)
+        if cost < costs[best]:
+            costs[best] = cost
+            result = (len(TRANSFORMS) + i, codes, rec, np.abs(codes) >= QMAX)
+    return result
+
+
 def _untransform(d: np.ndarray, transform: int) -> np.ndarray:
     """Inverse of :func:`_transforms` (cumulative sums; exact on integers)."""
     for axis in TRANSFORMS[transform]:
@@ -457,26 +579,24 @@ def _zstd_width(z: np.ndarray) -> int:
 
 
 def _code(
-    q_chunks: list[np.ndarray],
+    q_chunks: list[tuple[int, np.ndarray]],
     exact_idx: list[np.ndarray],
     exact_val: list[np.ndarray],
     chunk: tuple[int, ...],
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Entropy-code every chunk's (transform, codes); returns header entries and sections."""
     import constriction
 
     n = len(q_chunks)
     index = np.zeros(n, _INDEX)
     symbols: list[np.ndarray | None] = [None] * n
-    for c, q in enumerate(q_chunks):
-        if not q.any():
+    for c, (transform, codes) in enumerate(q_chunks):
+        if not codes.any():
             index[c]["method"] = METHOD_ZERO
             continue
-        options = _transforms(q)
-        costs = [_cost(d) if d is not None else math.inf for d in options]
-        t = int(np.argmin(costs))
-        index[c]["transform"] = t
+        index[c]["transform"] = transform
         index[c]["method"] = METHOD_ANS
-        symbols[c] = options[t].reshape(-1)
+        symbols[c] = codes.reshape(-1)
     coded = [c for c in range(n) if symbols[c] is not None]
     # alphabet: -K..K plus an escape symbol; K covers 99.9 % of the values
     if coded:
@@ -624,7 +744,7 @@ class Layer:
         self.chunk = tuple(chunk)
         self.grid = tuple(-(-s // c) for s, c in zip(self.shape4, self.chunk, strict=True))
         n = math.prod(self.grid)
-        if _meta_int(meta, "chunks", 0, 1 << 31) != n:
+        if n > MAX_CHUNKS or _meta_int(meta, "chunks", 0, MAX_CHUNKS) != n:
             raise FormatError("corrupted header (residual chunk count)")
         self.step = _meta_float(meta, "step")
         self.max_error = _meta_float(meta, "max_error")
@@ -641,7 +761,7 @@ class Layer:
         if (
             np.any(idx["method"] > METHOD_ZSTD)
             or np.any(idx["group"] >= self.n_groups)
-            or np.any(idx["transform"] >= len(TRANSFORMS))
+            or np.any(idx["transform"] >= N_TRANSFORMS)
             or np.any(idx["escapes"] > per_chunk)
             or np.any(idx["exact"] > per_chunk)
             or np.any((idx["method"] == METHOD_ZSTD) & ~np.isin(idx["width"], (1, 2, 4, 8)))
@@ -691,13 +811,13 @@ class Layer:
             self._exact = (idx, val)
         return self._exact
 
-    def chunk_q(self, c: int, shape: tuple[int, ...]) -> np.ndarray:
-        """The integers of chunk ``c`` (its in-field shape)."""
+    def chunk_residual(self, c: int, shape: tuple[int, ...]) -> np.ndarray:
+        """The decoded residual (float64) of chunk ``c`` (its in-field shape)."""
         rec = self.index[c]
         n = int(self.voxels[c])
         method = int(rec["method"])
         if method == METHOD_ZERO:
-            return np.zeros(shape, np.int64)
+            return np.zeros(shape, np.float64)
         data = self.sections["residual_codes"][int(self.code_start[c]) : int(self.code_end[c])]
         if method == METHOD_ZSTD:
             width = int(rec["width"])
@@ -705,10 +825,16 @@ class Layer:
             d = _unzigzag(z)
         else:
             d = self._ans(c, data, n)
-        d = _untransform(d.reshape(shape), int(rec["transform"]))
-        if np.abs(d).max() > QMAX:
+        if np.abs(d).max() > 16 * QMAX:
             raise FormatError("corrupted section 'residual_codes' (value out of range)")
-        return d
+        transform = int(rec["transform"])
+        if transform >= len(TRANSFORMS):
+            axes = INTERP_AXES[transform - len(TRANSFORMS)]
+            return interpolate(shape, axes, self.step, codes=d.reshape(shape))[1]
+        q = _untransform(d.reshape(shape), transform)
+        if np.abs(q).max() > QMAX:
+            raise FormatError("corrupted section 'residual_codes' (value out of range)")
+        return q.astype(np.float64) * self.step
 
     def _ans(self, c: int, data: bytes, n: int) -> np.ndarray:
         import constriction
@@ -739,22 +865,22 @@ class Layer:
         for c, local, dest in _touched(self.chunk, self.grid, region):
             sl = slices[c]
             shape = tuple(s.stop - s.start for s in sl)
-            q = self.chunk_q(c, shape)
+            rhat = self.chunk_residual(c, shape)
             n_ex = int(self.index[c]["exact"])
             vals_full = None
             if n_ex:
                 idx, val = self._exact_values()
                 start = int(self.exact_start[c])
                 ex_i, ex_v = idx[start : start + n_ex], val[start : start + n_ex]
-                if np.any(ex_i >= q.size):
+                if np.any(ex_i >= rhat.size):
                     raise FormatError("corrupted section 'residual_exact' (index out of range)")
                 vals_full = (ex_i, ex_v)
             lsl = tuple(slice(a, e) for a, e in local)
-            part = reconstruct(prediction[dest], q[lsl], self.step)
+            part = (prediction[dest] + rhat[lsl]).astype(np.float32)
             if vals_full is not None:
-                mask = np.zeros(q.size, bool)
+                mask = np.zeros(rhat.size, bool)
                 mask[vals_full[0]] = True
-                full = np.zeros(q.size, np.float32)
+                full = np.zeros(rhat.size, np.float32)
                 full[vals_full[0]] = vals_full[1]
                 m = mask.reshape(shape)[lsl]
                 part[m] = full.reshape(shape)[lsl][m]
