@@ -8,6 +8,7 @@ into each file's header and ``from_dict()`` reads it back.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,6 +166,88 @@ class ShrinkConfig:
         _check(0 <= self.finetune_steps <= 1_000_000, "shrink.finetune_steps must be >= 0")
         _check(0 < self.finetune_lr < 1, "shrink.finetune_lr must be in (0, 1)")
         _check(0 <= self.finetune_margin_db <= 20, "shrink.finetune_margin_db must be in [0, 20]")
+class BoundConfig:
+    """Error bounds and rate control: a residual layer on top of the networks.
+
+    At most one of ``max_error``, ``rel_error`` and ``ratio`` may be set. With none of them,
+    a file whose networks fall short of the PSNR target gets a residual that closes the gap
+    (``psnr_topup``).
+    """
+
+    max_error: float | None = field(
+        default=None,
+        metadata={"help": "bound |original - decoded| at every voxel by this (original units)"},
+    )
+    rel_error: float | None = field(
+        default=None,
+        metadata={"help": "bound |original - decoded| by this fraction of the value range"},
+    )
+    ratio: float | None = field(
+        default=None,
+        metadata={"help": "aim at this compression ratio (within 5 percent) with the best PSNR"},
+    )
+    network_psnr: float | None = field(
+        default=None,
+        metadata={
+            "help": "PSNR the networks train to under a bound or ratio "
+            "(default: the bound's PSNR; the PSNR target under --ratio)"
+        },
+    )
+    split: tuple[int, ...] = field(
+        default=(0, 1, 4),
+        metadata={
+            "help": "network sizes tried under a bound or ratio, the smallest file wins: "
+            "0 = no networks, k = k times blocks per network (fewer, shared networks)"
+        },
+    )
+    chunk: tuple[int, int, int, int] = field(
+        default=(8, 64, 64, 64),
+        metadata={
+            "help": "residual chunk (t, z, y, x) of a file without networks, the unit of "
+            "region decoding (with networks: the block)"
+        },
+    )
+    psnr_topup: bool = field(
+        default=True,
+        metadata={"help": "when the networks fall short of the PSNR target, add a residual"},
+    )
+
+    def __post_init__(self) -> None:
+        given = [n for n in ("max_error", "rel_error", "ratio") if getattr(self, n) is not None]
+        _check(len(given) <= 1, f"give at most one of max_error, rel_error, ratio (got {given})")
+        for name in given:
+            v = getattr(self, name)
+            _check(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
+                f"bound.{name} must be a number, got {v!r}",
+            )
+        _check(self.max_error is None or self.max_error > 0, "bound.max_error must be > 0")
+        _check(
+            self.rel_error is None or 0 < self.rel_error < 1, "bound.rel_error must be in (0, 1)"
+        )
+        _check(self.ratio is None or 1 < self.ratio <= 1e7, "bound.ratio must be in (1, 1e7]")
+        _check(
+            self.network_psnr is None or 10 <= self.network_psnr <= 140,
+            "bound.network_psnr must be between 10 and 140 dB",
+        )
+        _check(
+            len(self.split) >= 1
+            and len(set(self.split)) == len(self.split)
+            and all(type(k) is int and 0 <= k <= 4096 for k in self.split),
+            f"bound.split must be distinct integers in 0..4096, got {self.split}",
+        )
+        _check(
+            len(self.chunk) == 4 and all(type(c) is int and 1 <= c <= 1 << 16 for c in self.chunk),
+            f"bound.chunk needs 4 sizes in 1..65536, got {self.chunk}",
+        )
+        _check(isinstance(self.psnr_topup, bool), "bound.psnr_topup must be true or false")
+
+    @property
+    def target(self) -> str | None:
+        """``"max_error"``, ``"ratio"`` or None (plain PSNR target)."""
+        if self.max_error is not None or self.rel_error is not None:
+            return "max_error"
+        return "ratio" if self.ratio is not None else None
 
 
 @dataclass(frozen=True)
@@ -180,6 +263,8 @@ class Config:
     partition, cluster, fit, shrink
         Per-stage settings: :class:`PartitionConfig`, :class:`ClusterConfig`,
         :class:`FitConfig`, :class:`ShrinkConfig`.
+    bound : BoundConfig
+        Error bound or ratio target, met by a residual layer (:class:`BoundConfig`).
     """
 
     psnr: float = field(default=40.0, metadata={"help": "target PSNR in dB over the whole field"})
@@ -188,6 +273,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     fit: FitConfig = field(default_factory=FitConfig)
     shrink: ShrinkConfig = field(default_factory=ShrinkConfig)
+    bound: BoundConfig = field(default_factory=BoundConfig)
 
     def __post_init__(self) -> None:
         _check(10.0 <= self.psnr <= 140.0, f"psnr must be between 10 and 140 dB, got {self.psnr}")
