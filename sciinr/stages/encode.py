@@ -27,6 +27,7 @@ from ..payloads import Model
 ZSTD_LEVEL = 19
 MAX_VALUES = 1 << 40  # largest field a header may describe
 MAX_BLOCKS = 1 << 31
+ZSTD_MAX_RATIO = 1 << 15  # largest expansion of a zstd frame (see _unzip)
 
 
 def _zip(raw: bytes) -> bytes:
@@ -34,11 +35,18 @@ def _zip(raw: bytes) -> bytes:
 
 
 def _unzip(data: bytes, n_bytes: int, what: str) -> bytes:
+    # zstd blocks hold at most 128 KiB each behind a 3-byte header plus >= 1 byte of
+    # content, so no frame expands more than 32768-fold: a larger claim is refused before
+    # anything is allocated.
+    if n_bytes > ZSTD_MAX_RATIO * len(data):
+        raise FormatError(
+            f"corrupted section {what!r} ({len(data)} bytes cannot hold {n_bytes} bytes)"
+        )
     try:
         declared = zstandard.frame_content_size(data)
     except zstandard.ZstdError:
         raise FormatError(f"corrupted section {what!r} (not a zstd frame)") from None
-    if declared not in (-1, n_bytes):
+    if declared != n_bytes:
         raise FormatError(
             f"corrupted section {what!r} (holds {declared} bytes, expected {n_bytes})"
         )
@@ -127,16 +135,17 @@ def validate_meta(meta: Any) -> tuple[tuple[int, ...], tuple[int, ...], NetShape
     if not isinstance(net, dict):
         raise FormatError("corrupted header (no network description)")
     n_fit = _int(net, "n_blocks", 0, n_blocks)
+    omega0 = net.get("omega0")
     shape = NetShape(
         n_nets=_int(net, "n_nets", 0, max(n_fit, 1)),
         n_blocks=n_fit,
         latent_dim=_int(net, "latent_dim", 0, 256),
         width=_int(net, "width", 1, 1024),
         depth=_int(net, "depth", 0, 16),
-        omega0=float(net.get("omega0")) if isinstance(net.get("omega0"), int | float) else -1.0,
+        omega0=float(omega0) if type(omega0) in (int, float) and 0 < omega0 <= 1000 else -1.0,
     )
-    if not 0 < shape.omega0 <= 1000:
-        raise FormatError("corrupted header (omega0)")
+    if shape.omega0 < 0:
+        raise FormatError(f"corrupted header (omega0 = {omega0!r})")
     if (
         meta.get("block_net_dtype") not in ("uint16", "uint32")
         or meta.get("params_dtype") != "float16"

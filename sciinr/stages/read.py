@@ -145,11 +145,14 @@ def _read_hdf5(path: Path, var: str | None, time_dim: str | None) -> Volume:
         raise InputError(f"{path}: unreadable HDF5 file ({exc})") from None
     with fh:
         fields: list[str] = []
-        fh.visititems(
-            lambda name, obj: (
-                fields.append(name) if isinstance(obj, h5py.Dataset) and obj.ndim >= 2 else None
+        try:
+            fh.visititems(
+                lambda name, obj: (
+                    fields.append(name) if isinstance(obj, h5py.Dataset) and obj.ndim >= 2 else None
+                )
             )
-        )
+        except (OSError, RuntimeError, KeyError) as exc:
+            raise InputError(f"{path}: unreadable HDF5 file ({exc})") from None
         if var is None:
             if len(fields) != 1:
                 raise InputError(
@@ -157,7 +160,15 @@ def _read_hdf5(path: Path, var: str | None, time_dim: str | None) -> Volume:
                     f"--var (has: {', '.join(fields) or 'none'})"
                 )
             var = fields[0]
-        obj = fh.get(var)
+        try:
+            obj = fh.get(var)
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            raise InputError(f"{path}: variable {var!r} cannot be read ({exc})") from None
+        if isinstance(obj, h5py.Group):
+            raise InputError(
+                f"{path}: {var!r} is a group, not a dataset (has: "
+                f"{', '.join(fields) or 'no multi-dimensional datasets'})"
+            )
         if not isinstance(obj, h5py.Dataset):
             raise InputError(
                 f"{path}: variable {var!r} not found (has: "
@@ -167,11 +178,17 @@ def _read_hdf5(path: Path, var: str | None, time_dim: str | None) -> Volume:
 
 
 def _from_h5_dataset(ds: Any, path: str, time_dim: str | None) -> Volume:
-    name = ds.name.lstrip("/")
-    labels = [d.label for d in ds.dims] if ds.ndim else []
-    dims = tuple(lbl if lbl else f"dim{i}" for i, lbl in enumerate(labels))
-    attrs = _clean_attrs(dict(ds.attrs))
+    name = (ds.name or "data").lstrip("/")
+    if ds.shape is None:
+        raise InputError(f"{path}: variable {name!r} is empty (HDF5 null dataspace)")
     _check_dtype(ds.dtype, path, name)
+    _check_shape(tuple(ds.shape), path, name)
+    try:
+        labels = [d.label for d in ds.dims]
+        attrs = _clean_attrs(dict(ds.attrs))
+    except (OSError, RuntimeError, KeyError) as exc:
+        raise InputError(f"{path}: variable {name!r} cannot be read ({exc})") from None
+    dims = tuple(lbl if lbl else f"dim{i}" for i, lbl in enumerate(labels))
     try:
         arr = ds[()]
     except OSError as exc:
@@ -208,6 +225,7 @@ def _from_nc_variable(v: Any, path: str, time_dim: str | None) -> Volume:
         not np.issubdtype(v.dtype, np.integer) and not np.issubdtype(v.dtype, np.floating)
     ):
         _check_dtype(v.dtype, path, name)
+    _check_shape(tuple(v.shape), path, name)
     attrs = _clean_attrs({k: v.getncattr(k) for k in v.ncattrs()})
     grp = v.group()
     unlimited = {n for n, d in grp.dimensions.items() if d.isunlimited()}
@@ -249,10 +267,23 @@ def _check_dtype(dtype: Any, path: str, name: str) -> None:
     except TypeError:
         dt = None
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        kind = {"S": "strings", "U": "strings", "O": "objects or strings", "V": "compound"}
+        note = f" ({kind[dt.kind]})" if dt is not None and dt.kind in kind else ""
+        shown = "str" if dtype is str else str(dtype)
         raise InputError(
-            f"{path}: variable {name!r} has dtype {dtype}; sciinr compresses "
+            f"{path}: variable {name!r} has dtype {shown}{note}; sciinr compresses "
             "float32 or float64 fields only"
         )
+
+
+def _check_shape(shape: tuple[int, ...], path: str, name: str) -> None:
+    if not 2 <= len(shape) <= 4:
+        raise InputError(
+            f"{path}: variable {name!r} has {len(shape)} dimensions {shape}; "
+            "sciinr takes 2 to 4 (time first, then space)"
+        )
+    if 0 in shape:
+        raise InputError(f"{path}: variable {name!r} is empty (shape {shape})")
 
 
 def _to_volume(
@@ -266,13 +297,7 @@ def _to_volume(
 ) -> Volume:
     _check_dtype(arr.dtype, path, name)
     shape = tuple(int(s) for s in arr.shape)
-    if not 2 <= len(shape) <= 4:
-        raise InputError(
-            f"{path}: variable {name!r} has {len(shape)} dimensions {shape}; "
-            "sciinr takes 2 to 4 (time first, then space)"
-        )
-    if 0 in shape:
-        raise InputError(f"{path}: variable {name!r} is empty (shape {shape})")
+    _check_shape(shape, path, name)
     dims = tuple(dims) if len(dims) == len(shape) else _default_dims(len(shape))
     has_time = _time_axis(dims, shape, time_dim, time_hint, path, name)
     spatial = shape[1:] if has_time else shape
@@ -283,18 +308,18 @@ def _to_volume(
         )
     t = shape[0] if has_time else 1
     full = (t, *((1,) * (3 - len(spatial))), *spatial)
-    data = np.ascontiguousarray(np.asarray(arr), dtype=np.float32).reshape(full)
-    finite = np.isfinite(data)
+    src = np.asarray(arr)
+    finite = np.isfinite(src)
     if not finite.all():
-        bad = int(data.size - finite.sum())
+        bad = int(src.size - np.count_nonzero(finite))
         raise InputError(
             f"{path}: variable {name!r} has {bad} NaN/Inf values; sciinr needs "
             "finite values (mask or fill them first)"
         )
-    if arr.dtype == np.float64:
-        big = np.abs(np.asarray(arr)).max()
-        if big > np.finfo(np.float32).max:
-            raise InputError(f"{path}: variable {name!r} exceeds the float32 range")
+    del finite
+    if src.dtype == np.float64 and np.abs(src).max() > np.finfo(np.float32).max:
+        raise InputError(f"{path}: variable {name!r} exceeds the float32 range")
+    data = np.ascontiguousarray(src, dtype=np.float32).reshape(full)
     logger.info("read %s:%s shape=%s dims=%s time=%s", path, name, shape, dims, has_time)
     return Volume(
         data=data,
@@ -339,7 +364,7 @@ def _time_axis(
 def _clean_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in attrs.items():
-        if key in _SKIP_ATTRS:
+        if key in _SKIP_ATTRS or not 0 < len(str(key)) <= 1024 or "\x00" in str(key):
             continue
         v = _json_value(value)
         if v is not None:
@@ -357,6 +382,8 @@ def _json_value(value: Any) -> Any:
             value.item() if not isinstance(value, np.bytes_) else value.decode("utf-8", "replace")
         )
     if isinstance(value, np.ndarray):
+        if value.size == 0 or value.ndim > 8:
+            return None
         if value.dtype.kind in "iufb":
             return value.tolist() if value.size > 1 else value.item()
         if value.dtype.kind in "SUO":
