@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from os import PathLike
@@ -261,14 +262,17 @@ class SinrArray:
                     region[axis] = (start, stop)
                     post.append(slice(None, None, step))
         model = self.model
+        n = math.prod(b - a for a, b in region)
+        too_big = InputError(
+            f"{self.source}: decoding {n} values ({n * 4 / 1e9:.1f} GB) does not fit in "
+            "memory; decode one time step or a region"
+        )
+        if n * (4 + self.dtype.itemsize) > _physical_memory():
+            raise too_big
         try:
             internal = decode.decode(model, tuple(region), device=self._resolve_device())
         except MemoryError:
-            n = math.prod(b - a for a, b in region)
-            raise InputError(
-                f"{self.source}: decoding {n} values ({n * 4 / 1e9:.1f} GB) does not fit in "
-                "memory; decode one time step or a region"
-            ) from None
+            raise too_big from None
         sub = internal.reshape([region[a][1] - region[a][0] for a in self._axes()])
         return np.ascontiguousarray(sub[tuple(post)]).astype(self.dtype, copy=False)
 
@@ -364,6 +368,14 @@ def _read_source(source: Any) -> tuple[bytes, str]:
         return path.read_bytes(), str(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _physical_memory() -> int:
+    """Bytes of RAM of this machine (a decode asking for more is refused before allocating)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 62
 
 
 def _shape4_of(shape: tuple[int, ...], has_time: bool) -> tuple[int, ...]:

@@ -168,8 +168,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(psnr_db=args.psnr, device=args.device, progress=not args.quiet)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (exit code 2), like sciinr's own errors."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sciinr",
         description="Compress time-varying scientific fields with implicit neural representations.",
     )

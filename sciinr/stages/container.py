@@ -142,7 +142,7 @@ def unpack(data: bytes, source: str = "<bytes>") -> tuple[dict[str, Any], dict[s
             and length >= 0
             and 0 <= sum32 <= 0xFFFFFFFF
         ):
-            raise FormatError(f"{source}: corrupted header (bad section entry {name!r})")
+            raise FormatError(f"{source}: corrupted header (bad section entry {_short(name)})")
         expected = off + length
         if base + expected > n:
             raise FormatError(
@@ -206,9 +206,7 @@ def check_field_header(header: dict[str, Any], source: str = "<bytes>") -> None:
     """
 
     def bad(key: str) -> FormatError:
-        value = repr(header.get(key))
-        value = value if len(value) <= 60 else value[:57] + "..."
-        return FormatError(f"{source}: corrupted header (bad {key!r}: {value})")
+        return FormatError(f"{source}: corrupted header (bad {key!r}: {_short(header.get(key))})")
 
     def name_ok(v: Any) -> bool:
         return isinstance(v, str) and 0 < len(v) <= MAX_NAME and "\x00" not in v
@@ -256,3 +254,9 @@ def _attr_value_ok(v: Any, depth: int) -> bool:
     if isinstance(v, str | int | float):  # bool is an int
         return True
     return isinstance(v, list) and depth < 8 and all(_attr_value_ok(x, depth + 1) for x in v)
+
+
+def _short(value: Any) -> str:
+    """``repr`` cut to 60 characters, for messages."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

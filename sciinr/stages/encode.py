@@ -47,9 +47,8 @@ def _unzip(data: bytes, n_bytes: int, what: str) -> bytes:
     except zstandard.ZstdError:
         raise FormatError(f"corrupted section {what!r} (not a zstd frame)") from None
     if declared != n_bytes:
-        raise FormatError(
-            f"corrupted section {what!r} (holds {declared} bytes, expected {n_bytes})"
-        )
+        holds = f"holds {declared} bytes" if declared >= 0 else "size not recorded"
+        raise FormatError(f"corrupted section {what!r} ({holds}, expected {n_bytes} bytes)")
     try:
         raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=n_bytes)
     except zstandard.ZstdError:

@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 NETCDF3_MAGICS = (b"CDF\x01", b"CDF\x02", b"CDF\x05")
 NPY_MAGIC = b"\x93NUMPY"
+NETCDF3_HEADER_MAX = 64 << 20  # bytes of a NetCDF-3 header read to check the file size
+_NC_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 4, 6: 8, 7: 1, 8: 2, 9: 4, 10: 8, 11: 8}
 NETCDF_SUFFIXES = {".nc", ".nc4", ".cdf", ".netcdf"}
 TIME_NAMES = {
     "time",
@@ -121,9 +123,10 @@ def read_path(path: Path, var: str | None, time_dim: str | None) -> Volume:
         return _to_volume(
             arr, str(path), var or path.stem, _default_dims(arr.ndim), {}, time_dim, None
         )
-    if magic.startswith(NETCDF3_MAGICS) or (
-        magic == HDF5_MAGIC and path.suffix.lower() in NETCDF_SUFFIXES
-    ):
+    if magic.startswith(NETCDF3_MAGICS):
+        _check_netcdf3_size(path)
+        return _read_netcdf(path, var, time_dim)
+    if magic == HDF5_MAGIC and path.suffix.lower() in NETCDF_SUFFIXES:
         return _read_netcdf(path, var, time_dim)
     if magic == HDF5_MAGIC:
         return _read_hdf5(path, var, time_dim)
@@ -196,13 +199,94 @@ def _from_h5_dataset(ds: Any, path: str, time_dim: str | None) -> Volume:
     return _to_volume(arr, path, name, dims, attrs, time_dim, None)
 
 
+def _check_netcdf3_size(path: Path) -> None:
+    """Refuse a truncated NetCDF-3 file (the netCDF library reads the missing part as 0)."""
+    with open(path, "rb") as fh:
+        head = fh.read(NETCDF3_HEADER_MAX)
+    need = netcdf3_required_size(head)
+    have = path.stat().st_size
+    if need is not None and have < need:
+        raise InputError(
+            f"{path}: unreadable NetCDF file (truncated: its header needs {need} bytes, "
+            f"the file has {have})"
+        )
+
+
+def netcdf3_required_size(head: bytes) -> int | None:
+    """Smallest size of a NetCDF-3 (CDF-1/2/5) file with this header; None if unparsable.
+
+    Follows the classic format specification: header = magic numrecs dim_list gatt_list
+    var_list, big-endian; each variable ends with its ``vsize`` and ``begin`` offset.
+    """
+    import struct
+
+    version = head[3] if len(head) > 3 else 0
+    wide = version == 5  # CDF-5: 64-bit counts, sizes and dimension ids
+    count_fmt = ">q" if wide else ">i"
+    offset_fmt = ">i" if version == 1 else ">q"
+    pos = 4
+
+    def take(fmt: str) -> int:
+        nonlocal pos
+        (value,) = struct.unpack_from(fmt, head, pos)
+        pos += struct.calcsize(fmt)
+        if value < 0 and fmt != ">I":
+            raise ValueError("negative count")
+        return value
+
+    def skip(n_bytes: int) -> None:  # values are padded to 4 bytes
+        nonlocal pos
+        pos += -(-n_bytes // 4) * 4
+
+    def att_list() -> None:
+        take(">i")
+        for _ in range(take(count_fmt)):
+            skip(take(count_fmt))
+            size = _NC_TYPE_SIZES[take(">i")]
+            skip(take(count_fmt) * size)
+
+    try:
+        numrecs = take(">Q" if wide else ">I")
+        take(">i")
+        dims = []
+        for _ in range(take(count_fmt)):
+            skip(take(count_fmt))
+            dims.append(take(count_fmt))
+        att_list()
+        take(">i")
+        variables = []
+        for _ in range(take(count_fmt)):
+            skip(take(count_fmt))
+            ids = [take(count_fmt) for _ in range(take(count_fmt))]
+            att_list()
+            size = _NC_TYPE_SIZES[take(">i")]
+            vsize = take(count_fmt)
+            begin = take(offset_fmt)
+            is_record = bool(ids) and dims[ids[0]] == 0
+            n = 1
+            for i in ids[1:] if is_record else ids:
+                n *= dims[i]
+            variables.append((is_record, begin, vsize, n * size))
+    except (struct.error, KeyError, IndexError, ValueError):
+        return None
+    need = pos
+    streaming = numrecs in (0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF)
+    recsize = sum(v[2] for v in variables if v[0])
+    for is_record, begin, _, nbytes in variables:
+        if not is_record:
+            need = max(need, begin + nbytes)
+        elif numrecs and not streaming:
+            need = max(need, begin + (numrecs - 1) * recsize + nbytes)
+    return need
+
+
 def _read_netcdf(path: Path, var: str | None, time_dim: str | None) -> Volume:
     import netCDF4
 
     try:
         ds = netCDF4.Dataset(path, "r")
     except OSError as exc:
-        raise InputError(f"{path}: unreadable NetCDF file ({exc})") from None
+        raise InputError(f"{path}: unreadable NetCDF file ({exc.strerror or exc})") from None
     with ds:
         coord_names = set(ds.dimensions)
         fields = [n for n, v in ds.variables.items() if v.ndim >= 2 and n not in coord_names]
