@@ -12,6 +12,7 @@ destination, never a partial destination.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -21,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import OutputError
+
+logger = logging.getLogger(__name__)
 
 ARRAY_SUFFIXES = {
     ".npy": "npy",
@@ -177,8 +180,10 @@ def _write_h5(
         for i, name in enumerate(dims):
             ds.dims[i].label = name
         for k, v in attrs.items():
-            with contextlib.suppress(TypeError, ValueError):
+            try:
                 ds.attrs[k] = v
+            except (TypeError, ValueError, RuntimeError, KeyError, OSError) as exc:
+                logger.warning("%s: attribute %r not written (%s)", path, k, exc)
 
 
 def _write_nc(
@@ -193,6 +198,8 @@ def _write_nc(
         for k, v in attrs.items():
             if k.startswith("_"):
                 continue
-            with contextlib.suppress(TypeError, ValueError, AttributeError):
+            try:
                 var.setncattr(k, v)
+            except (TypeError, ValueError, AttributeError, RuntimeError, KeyError) as exc:
+                logger.warning("%s: attribute %r not written (%s)", path, k, exc)
         var[...] = array
