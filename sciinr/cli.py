@@ -26,7 +26,7 @@ from .errors import OutputError, SciinrError
 
 logger = logging.getLogger("sciinr")
 
-_SECTIONS = ("partition", "cluster", "fit")
+_SECTIONS = ("partition", "cluster", "fit", "shrink")
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
