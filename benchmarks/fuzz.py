@@ -369,6 +369,7 @@ class Campaign:
         self.crashes: dict[str, dict] = {}
         self.slowest = (0.0, "")
         self.t0 = time.time()
+        self.rev = git_rev()  # the code under test: fixed when the campaign starts
         (WORK / "crashes").mkdir(parents=True, exist_ok=True)
         self.scratch = WORK / "scratch"
         self.scratch.mkdir(parents=True, exist_ok=True)
@@ -446,7 +447,7 @@ class Campaign:
             "command": self.command,
             "engine": "atheris (libFuzzer) + structure-aware mutator",
             "machine": machine(),
-            "git_rev": git_rev(),
+            "git_rev": self.rev,
             "inputs_tried": self.count,
             "seconds": round(time.time() - self.t0, 1),
             "outcomes": dict(self.outcomes),
@@ -479,13 +480,17 @@ def machine() -> str:
 
 
 def git_rev() -> str:
+    """Short revision, with ``+dirty`` when sciinr/ has uncommitted changes."""
     try:
-        out = subprocess.run(
+        rev = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        )
-        return out.stdout.strip() or "unknown"
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "sciinr"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         return "unknown"
+    return (rev or "unknown") + ("+dirty" if dirty else "")
 
 
 def main() -> None:

@@ -255,9 +255,15 @@ class SinrArray:
     def model(self) -> Model:
         if self._model is None:
             try:
-                self._model = encode.decode_model(self.header["model"], self._sections)
+                # a valid file never overflows float32 while its model is decoded
+                with np.errstate(over="raise", invalid="raise"):
+                    self._model = encode.decode_model(self.header["model"], self._sections)
             except FormatError as exc:
                 raise FormatError(f"{self.source}: {exc}") from None
+            except FloatingPointError:
+                raise FormatError(
+                    f"{self.source}: corrupted model (its values overflow float32)"
+                ) from None
         return self._model
 
     def _axes(self) -> list[int]:

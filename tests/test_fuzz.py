@@ -291,16 +291,8 @@ def test_section_table_entries_are_checked(small_sinr):
             sciinr.open(blob)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeWarning,
-    reason="encode._decode_shared -> payloads.dequantize_uniform multiplies a crafted "
-    "latent_scale step (3e38) without checking it: float32 overflow RuntimeWarning before "
-    "the FormatError; check latent_scale is finite and offset + (2**latent_bits - 1) * step "
-    "fits float32 before dequantizing (then remove this mark)",
-)
 def test_parameters_that_overflow_float32_are_refused(small_sinr):
-    """Found by the fuzzer: finite but huge latent scales made the decode overflow."""
+    """Found by the fuzzer: a finite but huge latent scale overflowed float32 in decoding."""
     import zstandard
 
     header, payload = _split(small_sinr)
@@ -314,6 +306,16 @@ def test_parameters_that_overflow_float32_are_refused(small_sinr):
     rest = {k: v for k, v in header.items() if k != "sections"}
     with pytest.raises(FormatError, match="corrupted"):
         sciinr.decompress(container.pack(rest, sections))
+
+
+def test_block_constants_that_overflow_float32_are_refused(small_sinr):
+    """Found by the campaign: a huge ``consts.step`` overflowed the float32 cast of lo/hi."""
+    header, payload = _split(small_sinr)
+    if not isinstance(header["model"].get("consts"), dict):
+        pytest.skip("this encoder writes no block-constant grid")
+    header["model"]["consts"]["step"] = 1e299
+    with pytest.raises(FormatError, match="corrupted"):
+        sciinr.decompress(_reseal(header, payload))
 
 
 def test_huge_constant_field_is_refused_before_allocating(constant_sinr):
