@@ -9,12 +9,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ._version import __version__
 from .config import Config
@@ -247,35 +250,28 @@ class SinrArray:
     """
 
     def __init__(self, source: bytes | str | Path, device: str = "auto"):
-        if isinstance(source, bytes | bytearray | memoryview):
-            data, self.source = bytes(source), "<bytes>"
-        else:
-            path = Path(source)
-            if not path.exists():
-                raise FormatError(f"{path}: no such file")
-            if path.is_dir():
-                raise FormatError(f"{path}: is a directory, not a .sinr file")
-            data, self.source = path.read_bytes(), str(path)
+        data, self.source = _read_source(source)
         self.header, self._sections = container.unpack(data, self.source)
         self.nbytes_file = len(data)
+        self.format_version = container.version_of(data)
         h = self.header
+        container.check_field_header(h, self.source)
         try:
-            self._shape4, _, self.net = encode.validate_meta(h.get("model"))
-            self.shape: tuple[int, ...] = tuple(int(s) for s in h["shape"])
-            self.dims: tuple[str, ...] = tuple(str(d) for d in h["dims"])
-            self.has_time = bool(h["has_time"])
-            self.dtype = np.dtype({"float32": np.float32, "float64": np.float64}[h["dtype"]])
-        except (KeyError, TypeError, ValueError):
-            raise FormatError(f"{self.source}: corrupted header (bad field description)") from None
-        if (
-            math.prod(self.shape) != math.prod(self._shape4)
-            or len(self.dims) != len(self.shape)
-            or not 2 <= len(self.shape) <= 4
-        ):
-            raise FormatError(f"{self.source}: corrupted header (shape {self.shape})")
-        self.attrs: dict[str, Any] = dict(h.get("attrs") or {})
-        self.variable = str(h.get("variable", "data"))
-        self.psnr = h.get("psnr")
+            self._shape4, _, self.net = encode.validate_meta(h["model"])
+        except FormatError as exc:
+            raise FormatError(f"{self.source}: {exc}") from None
+        self.shape: tuple[int, ...] = tuple(h["shape"])
+        self.dims: tuple[str, ...] = tuple(h["dims"])
+        self.has_time: bool = h["has_time"]
+        self.dtype = np.dtype(h["dtype"])
+        if tuple(self._shape4) != _shape4_of(self.shape, self.has_time):
+            raise FormatError(
+                f"{self.source}: corrupted header (shape {list(self.shape)}, has_time "
+                f"{self.has_time} disagree with model shape {list(self._shape4)})"
+            )
+        self.attrs: dict[str, Any] = dict(h["attrs"])
+        self.variable: str = h["variable"]
+        self.psnr: float | None = h.get("psnr")
         self._model: Model | None = None
         self._residual: residual.Layer | None = None  # issue 7: error-bounded files
         if "residual" in h:
@@ -294,9 +290,15 @@ class SinrArray:
     def model(self) -> Model:
         if self._model is None:
             try:
-                self._model = encode.decode_model(self.header["model"], self._sections)
+                # a valid file never overflows float32 while its model is decoded
+                with np.errstate(over="raise", invalid="raise"):
+                    self._model = encode.decode_model(self.header["model"], self._sections)
             except FormatError as exc:
                 raise FormatError(f"{self.source}: {exc}") from None
+            except FloatingPointError:
+                raise FormatError(
+                    f"{self.source}: corrupted model (its values overflow float32)"
+                ) from None
         return self._model
 
     def _axes(self) -> list[int]:
@@ -320,17 +322,36 @@ class SinrArray:
                 else:
                     region[axis] = (start, stop)
                     post.append(slice(None, None, step))
-        if self._residual is not None:  # issue 7: float64 prediction + residual layer
-            internal = residual.decode_region(
-                self.model, self._residual, tuple(region), device=self._resolve_device()
-            )
-        else:
-            internal = decode.decode(self.model, tuple(region), device=self._resolve_device())
+        model = self.model
+        n = math.prod(b - a for a, b in region)
+        too_big = InputError(
+            f"{self.source}: decoding {n} values ({n * 4 / 1e9:.1f} GB) does not fit in "
+            "memory; decode one time step or a region"
+        )
+        if n * (4 + self.dtype.itemsize) > _physical_memory():
+            raise too_big
+        try:
+            if self._residual is not None:  # issue 7: float64 prediction + residual layer
+                internal = residual.decode_region(
+                    model, self._residual, tuple(region), device=self._resolve_device()
+                )
+            else:
+                internal = decode.decode(model, tuple(region), device=self._resolve_device())
+        except MemoryError:
+            raise too_big from None
+        if not np.isfinite(internal).all():  # e.g. crafted parameters that overflow float32
+            raise FormatError(f"{self.source}: corrupted model (it decodes to non-finite values)")
         sub = internal.reshape([region[a][1] - region[a][0] for a in self._axes()])
         return np.ascontiguousarray(sub[tuple(post)]).astype(self.dtype, copy=False)
 
     def _resolve_device(self) -> Any:
-        return fit.resolve_device(self._device)
+        try:
+            dev = fit.resolve_device(self._device)
+        except RuntimeError:
+            raise ConfigError(f"unknown device {self._device!r} (use auto, cpu or cuda)") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {self._device!r}: no CUDA device is available")
+        return dev
 
     def read(self) -> np.ndarray:
         """The whole field."""
@@ -398,11 +419,49 @@ def parse_index(text: str) -> tuple[Any, ...]:
     return tuple(items)
 
 
+def _read_source(source: Any) -> tuple[bytes, str]:
+    """The bytes of a ``.sinr`` source and a name for messages."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source), "<bytes>"
+    if not isinstance(source, str | PathLike):
+        raise InputError(f"cannot open a {type(source).__name__} as .sinr: give a path or bytes")
+    path = Path(source)
+    try:
+        if path.is_dir():
+            raise InputError(f"{path}: is a directory, not a .sinr file")
+        if not path.exists():
+            raise InputError(f"{path}: no such file")
+        if not path.is_file():
+            raise InputError(f"{path}: not a regular file")
+        return path.read_bytes(), str(path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _physical_memory() -> int:
+    """Bytes of RAM of this machine (a decode asking for more is refused before allocating)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 62
+
+
+def _shape4_of(shape: tuple[int, ...], has_time: bool) -> tuple[int, ...]:
+    """The internal (t, z, y, x) shape of a field of this shape (as the read stage makes it)."""
+    t, spatial = (shape[0], shape[1:]) if has_time else (1, shape)
+    return (t, *((1,) * (3 - len(spatial))), *spatial)
+
+
 def open(source: bytes | str | Path, device: str = "auto") -> SinrArray:
     """Open a ``.sinr`` file (or bytes) lazily; index it to decode only what is asked for.
 
+    The whole header is verified (checksums, types, sizes) before this returns; the
+    networks are decoded on the first index.
+
     Raises
     ------
+    InputError
+        The path does not exist, is a directory, or cannot be read.
     FormatError
         Not a .sinr file, truncated, corrupted, or from a newer format version.
     """
@@ -441,7 +500,15 @@ def decompress(
 
 
 def info(source: bytes | str | Path) -> dict[str, Any]:
-    """Describe a ``.sinr`` file without decoding its values."""
+    """Describe a ``.sinr`` file without decoding its values.
+
+    Raises
+    ------
+    InputError
+        The path does not exist, is a directory, or cannot be read.
+    FormatError
+        Not a .sinr file, truncated, corrupted, or from a newer format version.
+    """
     arr = SinrArray(source)
     n_values = math.prod(arr.shape)
     h = arr.header
@@ -458,7 +525,7 @@ def info(source: bytes | str | Path) -> dict[str, Any]:
         "shape": list(arr.shape),
         "dims": list(arr.dims),
         "dtype": str(arr.dtype),
-        "format_version": f"{container.MAJOR}.{container.MINOR}",
+        "format_version": "{}.{}".format(*arr.format_version),
         "written_by": h.get("sciinr"),
         "bytes": arr.nbytes_file,
         "ratio": ratio(n_values, arr.nbytes_file),

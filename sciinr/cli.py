@@ -1,7 +1,9 @@
 """The ``sciinr`` command line: thin sub-commands over :mod:`sciinr.api`.
 
 Errors that sciinr raises on purpose are printed as one line on stderr (exit code 2);
-anything else is a bug and keeps its traceback.
+anything else is a bug and keeps its traceback. Ctrl-C (SIGINT), SIGTERM and SIGHUP stop
+the command with exit code 130 and leave no output file (outputs are written atomically,
+see :mod:`sciinr.stages.write`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -19,7 +22,7 @@ from typing import Any
 from . import api
 from ._version import __version__
 from .config import BoundConfig, Config
-from .errors import SciinrError
+from .errors import OutputError, SciinrError
 
 logger = logging.getLogger("sciinr")
 
@@ -42,11 +45,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         for f in dataclasses.fields(getattr(defaults, section)):
             default = getattr(getattr(defaults, section), f.name)
             flag = "--" + f.name.replace("_", "-")
-            kind: Any = (
-                (lambda s: tuple(int(x) for x in s.split(",")))
-                if isinstance(default, tuple)
-                else type(default)
-            )
+            kind: Any = _int_list if isinstance(default, tuple) else type(default)
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             group.add_argument(
                 flag,
@@ -56,6 +55,25 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                 metavar=f.name.upper(),
                 help=f"{f.metadata.get('help', '')} (default: {shown})",
             )
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    """``"2,8,8,8"`` -> ``(2, 8, 8, 8)`` (argparse shows the ValueError as one line)."""
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers"
+        ) from None
+
+
+def _refuse_same_file(src: str, out: Path) -> None:
+    """An output must never replace its own input."""
+    same = False
+    with contextlib.suppress(OSError):
+        same = out.exists() and Path(src).samefile(out)
+    if same:
+        raise OutputError(f"{out}: is the input file; choose another output")
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:
@@ -100,6 +118,7 @@ def _print_report(
 def cmd_compress(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
     out = Path(args.output)
+    _refuse_same_file(args.input, out)
     api.write.check_destination(out, args.overwrite)
     volume = api.read.read(args.input, var=args.var, time_dim=args.time_dim)
     blob, report = api.compress_volume(volume, cfg, progress=not args.quiet)
@@ -110,7 +129,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def cmd_decompress(args: argparse.Namespace) -> int:
     out = Path(args.output)
-    api.write.check_destination(out, args.overwrite)
+    _refuse_same_file(args.input, out)
+    api.write.check_array_destination(out, args.overwrite)
     arr = api.open(args.input, device=args.device)
     key: Any = ...
     if args.region is not None:
@@ -226,10 +246,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not args.json:
         print("verify OK" if result["checked"] else "verify OK (the file stores no guarantee)")
     return 0
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (exit code 2), like sciinr's own errors."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sciinr",
         description="Compress time-varying scientific fields with implicit neural representations.",
     )
@@ -335,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         ctx = logging_redirect_tqdm() if not args.quiet else contextlib.nullcontext()
-        with ctx:
+        with ctx, _stop_signals_interrupt():
             return int(args.func(args))
     except SciinrError as exc:
         print(f"sciinr: error: {exc}", file=sys.stderr)
@@ -343,6 +368,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sciinr: interrupted; no output written", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _stop_signals_interrupt() -> Any:
+    """Turn SIGTERM/SIGHUP into KeyboardInterrupt (like Ctrl-C) so temporary files are removed."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {}
+    try:
+        for name in ("SIGTERM", "SIGHUP"):
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                with contextlib.suppress(ValueError, OSError):  # not the main thread
+                    previous[sig] = signal.signal(sig, interrupt)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -130,7 +130,7 @@ def _int(meta: dict[str, Any], key: str, lo: int, hi: int) -> int:
 
 def _float(meta: dict[str, Any], key: str) -> float:
     v = meta.get(key)
-    if type(v) not in (int, float) or not math.isfinite(v):
+    if type(v) not in (int, float) or not -1e300 < v < 1e300:  # no float(10**400) overflow
         raise FormatError(f"corrupted header ({key} = {v!r})")
     return float(v)
 

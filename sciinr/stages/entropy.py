@@ -124,15 +124,25 @@ def decode_ints(data: bytes, count: int, what: str = "stream") -> np.ndarray:
     return sym + lo
 
 
+ZSTD_MAX_RATIO = 1 << 15  # largest expansion of a zstd frame (see unzip_exact)
+
+
 def unzip_exact(data: bytes, n_bytes: int, what: str) -> bytes:
+    """A zstd frame that records its size, holding exactly ``n_bytes``, decompressed."""
+    # zstd blocks hold at most 128 KiB each behind a 3-byte header plus >= 1 byte of
+    # content, so no frame expands more than 32768-fold: a larger claim is refused before
+    # anything is allocated.
+    if n_bytes > ZSTD_MAX_RATIO * len(data):
+        raise FormatError(
+            f"corrupted section {what!r} ({len(data)} bytes cannot hold {n_bytes} bytes)"
+        )
     try:
         declared = zstandard.frame_content_size(data)
     except zstandard.ZstdError:
         raise FormatError(f"corrupted section {what!r} (not a zstd frame)") from None
-    if declared not in (-1, n_bytes):
-        raise FormatError(
-            f"corrupted section {what!r} (holds {declared} bytes, expected {n_bytes})"
-        )
+    if declared != n_bytes:  # sciinr always records the size; -1 would mean "unknown"
+        holds = f"holds {declared} bytes" if declared >= 0 else "size not recorded"
+        raise FormatError(f"corrupted section {what!r} ({holds}, expected {n_bytes} bytes)")
     try:
         raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=max(n_bytes, 1))
     except zstandard.ZstdError:

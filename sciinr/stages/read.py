@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 NETCDF3_MAGICS = (b"CDF\x01", b"CDF\x02", b"CDF\x05")
 NPY_MAGIC = b"\x93NUMPY"
+NETCDF3_HEADER_MAX = 64 << 20  # bytes of a NetCDF-3 header read to check the file size
+_NC_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 4, 6: 8, 7: 1, 8: 2, 9: 4, 10: 8, 11: 8}
 NETCDF_SUFFIXES = {".nc", ".nc4", ".cdf", ".netcdf"}
 TIME_NAMES = {
     "time",
@@ -121,9 +123,10 @@ def read_path(path: Path, var: str | None, time_dim: str | None) -> Volume:
         return _to_volume(
             arr, str(path), var or path.stem, _default_dims(arr.ndim), {}, time_dim, None
         )
-    if magic.startswith(NETCDF3_MAGICS) or (
-        magic == HDF5_MAGIC and path.suffix.lower() in NETCDF_SUFFIXES
-    ):
+    if magic.startswith(NETCDF3_MAGICS):
+        _check_netcdf3_size(path)
+        return _read_netcdf(path, var, time_dim)
+    if magic == HDF5_MAGIC and path.suffix.lower() in NETCDF_SUFFIXES:
         return _read_netcdf(path, var, time_dim)
     if magic == HDF5_MAGIC:
         return _read_hdf5(path, var, time_dim)
@@ -145,11 +148,14 @@ def _read_hdf5(path: Path, var: str | None, time_dim: str | None) -> Volume:
         raise InputError(f"{path}: unreadable HDF5 file ({exc})") from None
     with fh:
         fields: list[str] = []
-        fh.visititems(
-            lambda name, obj: (
-                fields.append(name) if isinstance(obj, h5py.Dataset) and obj.ndim >= 2 else None
+        try:
+            fh.visititems(
+                lambda name, obj: (
+                    fields.append(name) if isinstance(obj, h5py.Dataset) and obj.ndim >= 2 else None
+                )
             )
-        )
+        except (OSError, RuntimeError, KeyError) as exc:
+            raise InputError(f"{path}: unreadable HDF5 file ({exc})") from None
         if var is None:
             if len(fields) != 1:
                 raise InputError(
@@ -157,7 +163,15 @@ def _read_hdf5(path: Path, var: str | None, time_dim: str | None) -> Volume:
                     f"--var (has: {', '.join(fields) or 'none'})"
                 )
             var = fields[0]
-        obj = fh.get(var)
+        try:
+            obj = fh.get(var)
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            raise InputError(f"{path}: variable {var!r} cannot be read ({exc})") from None
+        if isinstance(obj, h5py.Group):
+            raise InputError(
+                f"{path}: {var!r} is a group, not a dataset (has: "
+                f"{', '.join(fields) or 'no multi-dimensional datasets'})"
+            )
         if not isinstance(obj, h5py.Dataset):
             raise InputError(
                 f"{path}: variable {var!r} not found (has: "
@@ -167,16 +181,103 @@ def _read_hdf5(path: Path, var: str | None, time_dim: str | None) -> Volume:
 
 
 def _from_h5_dataset(ds: Any, path: str, time_dim: str | None) -> Volume:
-    name = ds.name.lstrip("/")
-    labels = [d.label for d in ds.dims] if ds.ndim else []
-    dims = tuple(lbl if lbl else f"dim{i}" for i, lbl in enumerate(labels))
-    attrs = _clean_attrs(dict(ds.attrs))
+    name = (ds.name or "data").lstrip("/")
+    if ds.shape is None:
+        raise InputError(f"{path}: variable {name!r} is empty (HDF5 null dataspace)")
     _check_dtype(ds.dtype, path, name)
+    _check_shape(tuple(ds.shape), path, name)
+    try:
+        labels = [d.label for d in ds.dims]
+        attrs = _clean_attrs(dict(ds.attrs))
+    except (OSError, RuntimeError, KeyError) as exc:
+        raise InputError(f"{path}: variable {name!r} cannot be read ({exc})") from None
+    dims = tuple(lbl if lbl else f"dim{i}" for i, lbl in enumerate(labels))
     try:
         arr = ds[()]
     except OSError as exc:
         raise InputError(f"{path}: variable {name!r} cannot be read ({exc})") from None
     return _to_volume(arr, path, name, dims, attrs, time_dim, None)
+
+
+def _check_netcdf3_size(path: Path) -> None:
+    """Refuse a truncated NetCDF-3 file (the netCDF library reads the missing part as 0)."""
+    with open(path, "rb") as fh:
+        head = fh.read(NETCDF3_HEADER_MAX)
+    need = netcdf3_required_size(head)
+    have = path.stat().st_size
+    if need is not None and have < need:
+        raise InputError(
+            f"{path}: unreadable NetCDF file (truncated: its header needs {need} bytes, "
+            f"the file has {have})"
+        )
+
+
+def netcdf3_required_size(head: bytes) -> int | None:
+    """Smallest size of a NetCDF-3 (CDF-1/2/5) file with this header; None if unparsable.
+
+    Follows the classic format specification: header = magic numrecs dim_list gatt_list
+    var_list, big-endian; each variable ends with its ``vsize`` and ``begin`` offset.
+    """
+    import struct
+
+    version = head[3] if len(head) > 3 else 0
+    wide = version == 5  # CDF-5: 64-bit counts, sizes and dimension ids
+    count_fmt = ">q" if wide else ">i"
+    offset_fmt = ">i" if version == 1 else ">q"
+    pos = 4
+
+    def take(fmt: str) -> int:
+        nonlocal pos
+        (value,) = struct.unpack_from(fmt, head, pos)
+        pos += struct.calcsize(fmt)
+        if value < 0 and fmt != ">I":
+            raise ValueError("negative count")
+        return value
+
+    def skip(n_bytes: int) -> None:  # values are padded to 4 bytes
+        nonlocal pos
+        pos += -(-n_bytes // 4) * 4
+
+    def att_list() -> None:
+        take(">i")
+        for _ in range(take(count_fmt)):
+            skip(take(count_fmt))
+            size = _NC_TYPE_SIZES[take(">i")]
+            skip(take(count_fmt) * size)
+
+    try:
+        numrecs = take(">Q" if wide else ">I")
+        take(">i")
+        dims = []
+        for _ in range(take(count_fmt)):
+            skip(take(count_fmt))
+            dims.append(take(count_fmt))
+        att_list()
+        take(">i")
+        variables = []
+        for _ in range(take(count_fmt)):
+            skip(take(count_fmt))
+            ids = [take(count_fmt) for _ in range(take(count_fmt))]
+            att_list()
+            size = _NC_TYPE_SIZES[take(">i")]
+            vsize = take(count_fmt)
+            begin = take(offset_fmt)
+            is_record = bool(ids) and dims[ids[0]] == 0
+            n = 1
+            for i in ids[1:] if is_record else ids:
+                n *= dims[i]
+            variables.append((is_record, begin, vsize, n * size))
+    except (struct.error, KeyError, IndexError, ValueError):
+        return None
+    need = pos
+    streaming = numrecs in (0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF)
+    recsize = sum(v[2] for v in variables if v[0])
+    for is_record, begin, _, nbytes in variables:
+        if not is_record:
+            need = max(need, begin + nbytes)
+        elif numrecs and not streaming:
+            need = max(need, begin + (numrecs - 1) * recsize + nbytes)
+    return need
 
 
 def _read_netcdf(path: Path, var: str | None, time_dim: str | None) -> Volume:
@@ -185,7 +286,7 @@ def _read_netcdf(path: Path, var: str | None, time_dim: str | None) -> Volume:
     try:
         ds = netCDF4.Dataset(path, "r")
     except OSError as exc:
-        raise InputError(f"{path}: unreadable NetCDF file ({exc})") from None
+        raise InputError(f"{path}: unreadable NetCDF file ({exc.strerror or exc})") from None
     with ds:
         coord_names = set(ds.dimensions)
         fields = [n for n, v in ds.variables.items() if v.ndim >= 2 and n not in coord_names]
@@ -208,6 +309,7 @@ def _from_nc_variable(v: Any, path: str, time_dim: str | None) -> Volume:
         not np.issubdtype(v.dtype, np.integer) and not np.issubdtype(v.dtype, np.floating)
     ):
         _check_dtype(v.dtype, path, name)
+    _check_shape(tuple(v.shape), path, name)
     attrs = _clean_attrs({k: v.getncattr(k) for k in v.ncattrs()})
     grp = v.group()
     unlimited = {n for n, d in grp.dimensions.items() if d.isunlimited()}
@@ -249,10 +351,23 @@ def _check_dtype(dtype: Any, path: str, name: str) -> None:
     except TypeError:
         dt = None
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        kind = {"S": "strings", "U": "strings", "O": "objects or strings", "V": "compound"}
+        note = f" ({kind[dt.kind]})" if dt is not None and dt.kind in kind else ""
+        shown = "str" if dtype is str else str(dtype)
         raise InputError(
-            f"{path}: variable {name!r} has dtype {dtype}; sciinr compresses "
+            f"{path}: variable {name!r} has dtype {shown}{note}; sciinr compresses "
             "float32 or float64 fields only"
         )
+
+
+def _check_shape(shape: tuple[int, ...], path: str, name: str) -> None:
+    if not 2 <= len(shape) <= 4:
+        raise InputError(
+            f"{path}: variable {name!r} has {len(shape)} dimensions {shape}; "
+            "sciinr takes 2 to 4 (time first, then space)"
+        )
+    if 0 in shape:
+        raise InputError(f"{path}: variable {name!r} is empty (shape {shape})")
 
 
 def _to_volume(
@@ -266,13 +381,7 @@ def _to_volume(
 ) -> Volume:
     _check_dtype(arr.dtype, path, name)
     shape = tuple(int(s) for s in arr.shape)
-    if not 2 <= len(shape) <= 4:
-        raise InputError(
-            f"{path}: variable {name!r} has {len(shape)} dimensions {shape}; "
-            "sciinr takes 2 to 4 (time first, then space)"
-        )
-    if 0 in shape:
-        raise InputError(f"{path}: variable {name!r} is empty (shape {shape})")
+    _check_shape(shape, path, name)
     dims = tuple(dims) if len(dims) == len(shape) else _default_dims(len(shape))
     has_time = _time_axis(dims, shape, time_dim, time_hint, path, name)
     spatial = shape[1:] if has_time else shape
@@ -283,18 +392,18 @@ def _to_volume(
         )
     t = shape[0] if has_time else 1
     full = (t, *((1,) * (3 - len(spatial))), *spatial)
-    data = np.ascontiguousarray(np.asarray(arr), dtype=np.float32).reshape(full)
-    finite = np.isfinite(data)
+    src = np.asarray(arr)
+    finite = np.isfinite(src)
     if not finite.all():
-        bad = int(data.size - finite.sum())
+        bad = int(src.size - np.count_nonzero(finite))
         raise InputError(
             f"{path}: variable {name!r} has {bad} NaN/Inf values; sciinr needs "
             "finite values (mask or fill them first)"
         )
-    if arr.dtype == np.float64:
-        big = np.abs(np.asarray(arr)).max()
-        if big > np.finfo(np.float32).max:
-            raise InputError(f"{path}: variable {name!r} exceeds the float32 range")
+    del finite
+    if src.dtype == np.float64 and np.abs(src).max() > np.finfo(np.float32).max:
+        raise InputError(f"{path}: variable {name!r} exceeds the float32 range")
+    data = np.ascontiguousarray(src, dtype=np.float32).reshape(full)
     logger.info("read %s:%s shape=%s dims=%s time=%s", path, name, shape, dims, has_time)
     return Volume(
         data=data,
@@ -339,7 +448,7 @@ def _time_axis(
 def _clean_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in attrs.items():
-        if key in _SKIP_ATTRS:
+        if key in _SKIP_ATTRS or not 0 < len(str(key)) <= 1024 or "\x00" in str(key):
             continue
         v = _json_value(value)
         if v is not None:
@@ -357,6 +466,8 @@ def _json_value(value: Any) -> Any:
             value.item() if not isinstance(value, np.bytes_) else value.decode("utf-8", "replace")
         )
     if isinstance(value, np.ndarray):
+        if value.size == 0 or value.ndim > 8:
+            return None
         if value.dtype.kind in "iufb":
             return value.tolist() if value.size > 1 else value.item()
         if value.dtype.kind in "SUO":

@@ -1,15 +1,20 @@
 """Write stage: bytes or a decoded array -> a file, atomically.
 
-Every output is written to a temporary file in the destination directory, flushed to disk
-(fsync) and renamed over the destination, so a crash or Ctrl-C never leaves a half-written
-file. An existing destination is replaced only when ``overwrite`` is true.
+Every output is written to a temporary file in the destination directory (created with the
+usual permissions, i.e. 0666 minus the umask, or the mode of the file it replaces), flushed
+to disk (fsync), renamed over the destination (``os.replace``) and the directory is synced,
+so a crash, Ctrl-C or SIGTERM never leaves a half-written file under the destination's name.
+An existing destination is replaced only when ``overwrite`` is true. A SIGKILL in the
+milliseconds of the final write can leave a hidden ``.NAME.XXXXXXXX.tmp`` file beside the
+destination, never a partial destination.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import OutputError
+
+logger = logging.getLogger(__name__)
 
 ARRAY_SUFFIXES = {
     ".npy": "npy",
@@ -30,27 +37,49 @@ ARRAY_SUFFIXES = {
 
 def check_destination(path: Path, overwrite: bool) -> None:
     """Fail early (before any work) when ``path`` cannot be written."""
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path}: already exists (use --overwrite / overwrite=True to replace)")
+    path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path}: is a directory")
-    parent = path.parent if str(path.parent) else Path(".")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path}: already exists (use --overwrite / overwrite=True to replace)")
+    if path.exists() and not path.is_file():
+        raise OutputError(f"{path}: exists and is not a regular file")
+    parent = _parent(path)
     if not parent.is_dir():
         raise OutputError(f"{path}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"{path}: directory {parent} is not writable")
 
 
+def check_array_destination(path: Path, overwrite: bool) -> None:
+    """:func:`check_destination` plus a known array suffix (``.npy``, ``.h5``, ``.nc``)."""
+    check_destination(path, overwrite)
+    _array_kind(Path(path))
+
+
+def _parent(path: Path) -> Path:
+    return path.parent if str(path.parent) else Path(".")
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``."""
+    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
+
+    On any exception (``KeyboardInterrupt`` included) the temporary file is removed and
+    ``path`` is left as it was.
+    """
     path = Path(path)
     check_destination(path, overwrite)
-    fd, tmp = tempfile.mkstemp(
-        dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp"
-    )
-    os.close(fd)
-    tmp_path = Path(tmp)
+    parent = _parent(path)
+    try:
+        mode = path.stat().st_mode & 0o7777 if path.exists() else None
+        tmp_path = parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        os.close(fd)
+        if mode is not None:
+            os.chmod(tmp_path, mode)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot create a file in {parent} ({exc.strerror})") from None
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
@@ -60,13 +89,37 @@ def atomic_path(path: Path, overwrite: bool) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         raise
+    _sync_directory(parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_bytes(path: Path, data: bytes, overwrite: bool = False) -> Path:
-    """Write bytes atomically."""
-    with atomic_path(Path(path), overwrite) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
+    """Write bytes atomically.
+
+    Raises
+    ------
+    OutputError
+        ``path`` exists (and not ``overwrite``), its directory is missing or unwritable,
+        or the write fails (e.g. disk full).
+    """
+    path = Path(path)
+    try:
+        with atomic_path(path, overwrite) as tmp:
+            tmp.write_bytes(data)
+    except OSError as exc:
+        if isinstance(exc, OutputError):
+            raise
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    return path
 
 
 def write_array(
@@ -80,12 +133,7 @@ def write_array(
 ) -> Path:
     """Write a decoded array to ``.npy``, HDF5 (``.h5``) or NetCDF (``.nc``) with dims and attrs."""
     path = Path(path)
-    kind = ARRAY_SUFFIXES.get(path.suffix.lower())
-    if kind is None:
-        raise OutputError(
-            f"{path}: unknown output type {path.suffix!r} "
-            f"(use one of {', '.join(sorted(ARRAY_SUFFIXES))})"
-        )
+    kind = _array_kind(path)
     dims = (
         tuple(dims)
         if dims and len(dims) == array.ndim
@@ -96,9 +144,24 @@ def write_array(
         "hdf5": lambda p: _write_h5(p, array, variable, dims, attrs or {}),
         "netcdf": lambda p: _write_nc(p, array, variable, dims, attrs or {}),
     }[kind]
-    with atomic_path(path, overwrite) as tmp:
-        writer(tmp)
+    try:
+        with atomic_path(path, overwrite) as tmp:
+            writer(tmp)
+    except (OSError, RuntimeError) as exc:  # h5py and netCDF4 report failures as these
+        if isinstance(exc, OutputError):
+            raise
+        raise OutputError(f"{path}: cannot write {kind} output ({exc})") from None
     return path
+
+
+def _array_kind(path: Path) -> str:
+    kind = ARRAY_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise OutputError(
+            f"{path}: unknown output type {path.suffix!r} "
+            f"(use one of {', '.join(sorted(ARRAY_SUFFIXES))})"
+        )
+    return kind
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
@@ -111,13 +174,16 @@ def _write_h5(
 ) -> None:
     import h5py
 
+    name = "/".join(p for p in variable.split("/") if p not in ("", ".", "..")) or "data"
     with h5py.File(path, "w") as fh:
-        ds = fh.create_dataset(variable, data=array, compression="gzip", shuffle=True)
+        ds = fh.create_dataset(name, data=array, compression="gzip", shuffle=True)
         for i, name in enumerate(dims):
             ds.dims[i].label = name
         for k, v in attrs.items():
-            with contextlib.suppress(TypeError, ValueError):
+            try:
                 ds.attrs[k] = v
+            except (TypeError, ValueError, RuntimeError, KeyError, OSError) as exc:
+                logger.warning("%s: attribute %r not written (%s)", path, k, exc)
 
 
 def _write_nc(
@@ -132,6 +198,8 @@ def _write_nc(
         for k, v in attrs.items():
             if k.startswith("_"):
                 continue
-            with contextlib.suppress(TypeError, ValueError, AttributeError):
+            try:
                 var.setncattr(k, v)
+            except (TypeError, ValueError, AttributeError, RuntimeError, KeyError) as exc:
+                logger.warning("%s: attribute %r not written (%s)", path, k, exc)
         var[...] = array

@@ -1,0 +1,99 @@
+"""Golden ``.sinr`` files: every format version this reader supports must still decode.
+
+``tests/golden/v<MAJOR>.<MINOR>.sinr`` is a small file written by the sciinr of that format
+version, ``.npy`` beside it the array it decoded to then, ``.json`` what ``sciinr.info``
+said. A file for the current version must exist (a missing one fails; it is never written
+silently). Regenerate the current version's files, and only those, with::
+
+    SCIINR_REGEN=1 python -m pytest -q tests/test_golden.py
+
+Files of older versions are kept: a change of the format that stops them from decoding as
+recorded is caught here (see the compatibility rule in ``docs/format.md``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import sciinr
+from sciinr.stages import container
+
+from .conftest import smooth_field
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+VERSION = f"{container.MAJOR}.{container.MINOR}"
+REGEN = os.environ.get("SCIINR_REGEN") == "1"
+INFO_KEYS = ("variable", "shape", "dims", "dtype", "format_version", "networks", "block", "attrs")
+
+
+def _golden_files() -> list[Path]:
+    return sorted(GOLDEN.glob("v*.sinr"))
+
+
+@pytest.mark.skipif(not REGEN, reason="set SCIINR_REGEN=1 to rewrite the golden files")
+def test_regenerate_current_version(tmp_path):
+    """A time-varying 4-D float32 field with a constant corner (trivial blocks) and attrs."""
+    field = smooth_field(t=3, z=4, y=8, x=12, seed=3)
+    field[:, :, :4, :6] = 11.5
+    src = tmp_path / "golden.h5"
+    with h5py.File(src, "w") as fh:
+        ds = fh.create_dataset("rho", data=field)
+        for i, name in enumerate(("time", "z", "y", "x")):
+            ds.dims[i].label = name
+        ds.attrs["units"] = "kg m-3"
+        ds.attrs["levels"] = np.arange(3, dtype=np.int32)
+    cfg = sciinr.Config(psnr=25.0, seed=1).replace(
+        **{
+            "partition.block": (2, 4, 4, 6),
+            "fit.width": 8,
+            "fit.depth": 1,
+            "fit.latent_dim": 2,
+            "fit.samples_per_net": 256,
+            "fit.max_steps": 300,
+            "fit.eval_every": 50,
+            "fit.device": "cpu",
+            "cluster.blocks_per_net": 2,
+        }
+    )
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        blob = sciinr.compress(src, var="rho", config=cfg)
+    finally:
+        torch.set_num_threads(n)
+    GOLDEN.mkdir(exist_ok=True)
+    path = GOLDEN / f"v{VERSION}.sinr"
+    path.write_bytes(blob)
+    np.save(path.with_suffix(".npy"), sciinr.decompress(blob, device="cpu"), allow_pickle=False)
+    meta = {k: sciinr.info(blob)[k] for k in INFO_KEYS}
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def test_current_version_has_a_golden_file():
+    path = GOLDEN / f"v{VERSION}.sinr"
+    assert path.exists(), (
+        f"{path} is missing: run SCIINR_REGEN=1 python -m pytest -q tests/test_golden.py "
+        "and commit tests/golden/"
+    )
+
+
+@pytest.mark.parametrize("path", _golden_files(), ids=lambda p: p.stem)
+def test_golden_file_decodes_as_recorded(path):
+    expected = np.load(path.with_suffix(".npy"), allow_pickle=False)
+    recorded = json.loads(path.with_suffix(".json").read_text())
+    meta = sciinr.info(path)
+    assert {k: meta[k] for k in INFO_KEYS} == recorded
+    decoded = sciinr.decompress(path, device="cpu")
+    assert decoded.dtype == expected.dtype
+    span = float(expected.max() - expected.min()) or 1.0
+    # CPUs may differ in the last bits of sin/matmul; a format change differs by far more
+    np.testing.assert_allclose(decoded, expected, rtol=0, atol=1e-5 * span)
+    step = sciinr.decompress(path, time=1, device="cpu")
+    np.testing.assert_allclose(step, expected[1], rtol=0, atol=1e-5 * span)
