@@ -262,7 +262,7 @@ def _tthresh() -> Codec:
     if exe is None:
         raise ImportError(
             f"tthresh: the upstream program is not on the PATH and ${TTHRESH_ENV} is not set "
-            "(build github.com/rballester/tthresh with cmake; see benchmarks/README.md)"
+            "(install upstream TTHRESH yourself to include it; see benchmarks/README.md)"
         )
 
     def check(a: np.ndarray, target: float) -> None:
