@@ -148,11 +148,11 @@ class ShrinkConfig:
         metadata={"help": "how much a network's block error raises its weights' importance"},
     )
     keep_db: float = field(
-        default=0.15,
+        default=0.4,
         metadata={"help": "a pruning step is undone when the PSNR falls below target + this"},
     )
     bits: int = field(
-        default=5,
+        default=6,
         metadata={"help": "bits per shared weight index (0: float16 weights, no sharing)"},
     )
     max_bits: int = field(
