@@ -35,7 +35,9 @@ from pathlib import Path
 
 import h5py
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vf_run01.h5"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # measure the sciinr of this checkout, not another installed one
+DATA = ROOT.parent / "shared" / "data" / "vf_run01.h5"
 OUT = Path(__file__).resolve().parent / "results" / "vf_run01" / "speed.json"
 
 # ECNR, official code, 99x64^3 viscous fingering, 2 CPU cores (../shared/PEERS.md)

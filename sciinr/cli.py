@@ -246,6 +246,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not args.json:
         print("verify OK" if result["checked"] else "verify OK (the file stores no guarantee)")
     return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with usage errors on one line (exit code 2), like sciinr's own errors."""
 

@@ -334,7 +334,12 @@ def fit(
     fit_values = n_fit * blocks.values.shape[1]
     best: tuple[float, dict | None] = (-math.inf, None)
     t0 = time.perf_counter()
-    eval_seconds, last_exact = 0.0, t0
+    # A periodic exact evaluation (one forward pass over every fitted voxel) runs only when
+    # training since the last one cost ten times as much (a forward+backward sample ~ 3
+    # forward voxels). Counted in samples, not seconds, so that runs are reproducible.
+    eval_cost = 10 * fit_values
+    step_cost = 3 * assignment.n_nets * trainer.per * trainer.s
+    last_exact = 0
     step = 0
     losses: list[torch.Tensor] = []
     bar = tqdm(total=budget, disable=not progress, leave=False, desc="fit", unit="step")
@@ -345,13 +350,11 @@ def fit(
             opt.step()
             step += 1
             bar.update(1)
-            now = time.perf_counter()
-            out_of_time = now - t0 > cfg.max_seconds
-            # periodic exact evaluations, but never more than ~10 % of the time
+            out_of_time = time.perf_counter() - t0 > cfg.max_seconds
             run_exact = (
                 step == budget
                 or out_of_time
-                or (step % cfg.eval_every == 0 and now - last_exact > 10 * eval_seconds)
+                or (step % cfg.eval_every == 0 and (step - last_exact) * step_cost >= eval_cost)
             )
             if step - sched.last_check >= sched.window():
                 mse = trainer.estimate_mse(float(torch.stack(losses).mean())) * fit_values
@@ -365,8 +368,7 @@ def fit(
                 run_exact |= sched.exhausted()
             if run_exact:
                 p = exact_psnr()
-                last_exact = time.perf_counter()
-                eval_seconds = last_exact - now
+                last_exact = step
                 sched.calibrate(p)
                 if p > best[0]:
                     best = (p, {k: t.detach().clone() for k, t in net.state_dict().items()})
