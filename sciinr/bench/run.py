@@ -207,6 +207,7 @@ def run(
     SciinrError
         Bad options, missing or different data file.
     """
+    meta = report.provenance(command, datasets.REPO_ROOT)  # the revision as the run starts
     names, left_out = _codec_names(args.codecs)
     targets = _floats(args.targets, "--targets")
     field, bench_defaults = load(args)
@@ -236,7 +237,6 @@ def run(
     codec_notes = [f"{c.name}: {c.note}" for c in chosen if c.note]
     all_notes = notes + codec_notes + point_notes
     summary = summarize(points, targets)
-    meta = report.provenance(command, datasets.REPO_ROOT)
     meta["dataset"] = {
         "name": field.name,
         "variable": field.variable,
