@@ -12,7 +12,7 @@ Every error raised on purpose derives from :class:`SciinrError`.
 
 from ._version import __version__
 from .api import Report, SinrArray, compress, decompress, info, open
-from .config import ClusterConfig, Config, FitConfig, PartitionConfig
+from .config import ClusterConfig, Config, FitConfig, PartitionConfig, ShrinkConfig
 from .errors import ConfigError, FormatError, InputError, OutputError, SciinrError
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "PartitionConfig",
     "Report",
     "SciinrError",
+    "ShrinkConfig",
     "SinrArray",
     "__version__",
     "compress",

@@ -1,6 +1,6 @@
 """The pipeline, readable top to bottom: composes the stages, no math of its own.
 
-compress:   read -> partition -> cluster -> fit -> encode -> container (-> file)
+compress:   read -> partition -> cluster -> fit -> shrink -> encode -> container (-> file)
 decompress: container -> encode (inverse) -> decode (only the blocks asked for)
 """
 
@@ -21,7 +21,18 @@ from .config import Config
 from .errors import ConfigError, FormatError, InputError
 from .metrics import bits_per_value, psnr, psnr_from_mse, ratio, rmse_for_psnr
 from .payloads import Model, Volume
-from .stages import cluster, container, decode, encode, fit, partition, read, residual, write
+from .stages import (
+    cluster,
+    container,
+    decode,
+    encode,
+    fit,
+    partition,
+    read,
+    residual,
+    shrink,
+    write,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +74,27 @@ def resolve_config(config: Config | None, psnr_db: float | None, device: str | N
     return cfg.replace(**changes) if changes else cfg
 
 
+def build_header(
+    volume: Volume, cfg: Config, model_meta: dict[str, Any], reached: float
+) -> dict[str, Any]:
+    """The JSON header of a ``.sinr`` file (without its section table)."""
+    lo, hi = volume.value_range
+    return {
+        "sciinr": __version__,
+        "variable": volume.variable,
+        "dims": list(volume.dims),
+        "shape": list(volume.orig_shape),
+        "has_time": volume.has_time,
+        "dtype": volume.dtype,
+        "attrs": _json_safe(volume.attrs),
+        "source": Path(volume.source).name,
+        "value_range": [lo, hi],
+        "psnr": reached if math.isfinite(reached) else None,
+        "config": cfg.to_dict(),
+        "model": model_meta,
+    }
+
+
 def compress_volume(volume: Volume, cfg: Config, progress: bool = False) -> tuple[bytes, Report]:
     """Run the whole pipeline on a volume; returns the ``.sinr`` bytes and a :class:`Report`."""
     if cfg.bound.target is not None or cfg.bound.psnr_topup:  # issue 7: see the end of file
@@ -82,23 +114,22 @@ def compress_volume(volume: Volume, cfg: Config, progress: bool = False) -> tupl
         seed=cfg.seed,
         progress=progress,
     )
-    meta, sections = encode.encode_model(Model.from_fit(blocks, fitted))
+    small = shrink.shrink(
+        blocks,
+        assignment,
+        fitted,
+        cfg.shrink,
+        cfg.fit,
+        target_psnr=cfg.psnr,
+        value_range=value_range,
+        seed=cfg.seed,
+        progress=progress,
+    )
+    model = Model.from_fit(blocks, fitted, arrays=small.arrays)
+    meta, sections = encode.encode_model(model, small)
     stored = encode.decode_model(meta, sections)
     reached = psnr(volume.data, decode.decode(stored, device=fit.resolve_device(cfg.fit.device)))
-    header = {
-        "sciinr": __version__,
-        "variable": volume.variable,
-        "dims": list(volume.dims),
-        "shape": list(volume.orig_shape),
-        "has_time": volume.has_time,
-        "dtype": volume.dtype,
-        "attrs": _json_safe(volume.attrs),
-        "source": Path(volume.source).name,
-        "value_range": [lo, hi],
-        "psnr": reached if math.isfinite(reached) else None,
-        "config": cfg.to_dict(),
-        "model": meta,
-    }
+    header = build_header(volume, cfg, meta, reached)
     blob = container.pack(header, sections)
     seconds = time.perf_counter() - t0
     report = Report(
@@ -414,6 +445,13 @@ def info(source: bytes | str | Path) -> dict[str, Any]:
     arr = SinrArray(source)
     n_values = math.prod(arr.shape)
     h = arr.header
+    model_meta = h.get("model") or {}
+    n_params = arr.net.n_params() + arr.net.n_blocks * arr.net.latent_dim
+    net_bytes = sum(
+        len(v)
+        for k, v in arr._sections.items()
+        if k.startswith(("idx_", "latent")) or k in ("codebooks", "params")
+    )
     return {
         "source": arr.source,
         "variable": arr.variable,
@@ -431,7 +469,10 @@ def info(source: bytes | str | Path) -> dict[str, Any]:
         "networks": arr.net.n_nets,
         "fitted_blocks": arr.net.n_blocks,
         "block": (h.get("model") or {}).get("block"),
-        "parameters": arr.net.n_params() + arr.net.n_blocks * arr.net.latent_dim,
+        "parameters": n_params,
+        "parameter_encoding": model_meta.get("params_dtype"),
+        "sparsity": model_meta.get("sparsity", 0.0),
+        "bits_per_parameter": 8 * net_bytes / max(n_params, 1),
         "architecture": {
             "width": arr.net.width,
             "depth": arr.net.depth,

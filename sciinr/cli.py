@@ -23,7 +23,7 @@ from .errors import SciinrError
 
 logger = logging.getLogger("sciinr")
 
-_SECTIONS = ("partition", "cluster", "fit")
+_SECTIONS = ("partition", "cluster", "fit", "shrink")
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -152,6 +152,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(psnr_db=args.psnr, device=args.device, progress=not args.quiet)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run as bench_run
+
+    command = bench_run.command_line("sciinr bench", args)
+    progress = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    bench_run.run(args, command, echo=print, progress=progress)
+    return 0
 
 
 # ----------------------------------------------------------------------------- issue 7
@@ -300,6 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     common(p)
     p.set_defaults(func=cmd_demo)
+
+    from .bench.run import add_arguments as add_bench_arguments
+
+    p = sub.add_parser(
+        "bench",
+        help="rate-distortion benchmark against SZ3, ZFP, TTHRESH, SPERR, fpzip, zstd",
+        description="Sweep sciinr and the baselines on one field; write CSV, PNG, JSON and a "
+        "summary (ratio at 40/50/60 dB) to benchmarks/results/<dataset>/.",
+    )
+    add_bench_arguments(p)
+    common(p)
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

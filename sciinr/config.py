@@ -35,8 +35,15 @@ class PartitionConfig:
             "is stored as one constant and never fitted"
         },
     )
+    const_step: float = field(
+        default=0.5,
+        metadata={
+            "help": "block min/max are stored on a grid of this fraction of the target RMS error"
+        },
+    )
 
     def __post_init__(self) -> None:
+        _check(0 < self.const_step <= 10, "partition.const_step must be in (0, 10]")
         _check(
             len(self.block) == 4, f"partition.block needs 4 sizes (t, z, y, x), got {self.block}"
         )
@@ -108,6 +115,57 @@ class FitConfig:
 
 
 @dataclass(frozen=True)
+class ShrinkConfig:
+    """Pruning, shared-parameter quantization and fine-tuning of the fitted networks."""
+
+    prune: float = field(
+        default=0.75,
+        metadata={"help": "fraction of hidden-layer weights to prune at most (0: no pruning)"},
+    )
+    prune_steps: int = field(default=3, metadata={"help": "pruning steps, each with recovery"})
+    recovery_steps: int = field(
+        default=600, metadata={"help": "training steps at most after each pruning step"}
+    )
+    recovery_lr: float = field(
+        default=2e-4, metadata={"help": "learning rate of the recovery training after pruning"}
+    )
+    importance_power: float = field(
+        default=0.5,
+        metadata={"help": "how much a network's block error raises its weights' importance"},
+    )
+    keep_db: float = field(
+        default=0.15,
+        metadata={"help": "a pruning step is undone when the PSNR falls below target + this"},
+    )
+    bits: int = field(
+        default=5,
+        metadata={"help": "bits per shared weight index (0: float16 weights, no sharing)"},
+    )
+    max_bits: int = field(
+        default=9, metadata={"help": "more bits are tried up to this while below the target"}
+    )
+    latent_bits: int = field(default=8, metadata={"help": "bits per latent code value"})
+    finetune_steps: int = field(
+        default=600, metadata={"help": "centroid fine-tuning steps at most"}
+    )
+    finetune_lr: float = field(default=2e-4, metadata={"help": "centroid fine-tuning rate"})
+    finetune_margin_db: float = field(
+        default=0.05, metadata={"help": "fine-tuning stops this far above the target"}
+    )
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.prune < 1, "shrink.prune must be in [0, 1)")
+        _check(1 <= self.prune_steps <= 20, "shrink.prune_steps must be in 1..20")
+        _check(0 <= self.recovery_steps <= 1_000_000, "shrink.recovery_steps must be >= 0")
+        _check(0 < self.recovery_lr < 1, "shrink.recovery_lr must be in (0, 1)")
+        _check(0 <= self.importance_power <= 4, "shrink.importance_power must be in [0, 4]")
+        _check(-5 <= self.keep_db <= 20, "shrink.keep_db must be in [-5, 20]")
+        _check(self.bits == 0 or 1 <= self.bits <= 12, "shrink.bits must be 0 or in 1..12")
+        _check(self.max_bits <= 12, "shrink.max_bits must be at most 12")
+        _check(1 <= self.latent_bits <= 16, "shrink.latent_bits must be in 1..16")
+        _check(0 <= self.finetune_steps <= 1_000_000, "shrink.finetune_steps must be >= 0")
+        _check(0 < self.finetune_lr < 1, "shrink.finetune_lr must be in (0, 1)")
+        _check(0 <= self.finetune_margin_db <= 20, "shrink.finetune_margin_db must be in [0, 20]")
 class BoundConfig:
     """Error bounds and rate control: a residual layer on top of the networks.
 
@@ -202,8 +260,9 @@ class Config:
         Target PSNR in dB over the whole field (value range of the original, MSE over all values).
     seed : int, default: 0
         Seed of every random choice (initial weights, k-means, sampling).
-    partition, cluster, fit
-        Per-stage settings: :class:`PartitionConfig`, :class:`ClusterConfig`, :class:`FitConfig`.
+    partition, cluster, fit, shrink
+        Per-stage settings: :class:`PartitionConfig`, :class:`ClusterConfig`,
+        :class:`FitConfig`, :class:`ShrinkConfig`.
     bound : BoundConfig
         Error bound or ratio target, met by a residual layer (:class:`BoundConfig`).
     """
@@ -213,6 +272,7 @@ class Config:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     fit: FitConfig = field(default_factory=FitConfig)
+    shrink: ShrinkConfig = field(default_factory=ShrinkConfig)
     bound: BoundConfig = field(default_factory=BoundConfig)
 
     def __post_init__(self) -> None:

@@ -10,6 +10,7 @@ their shapes when built.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,36 @@ class Volume:
 
 
 @dataclass(frozen=True)
+class BlockConstants:
+    """Per-block value ranges on an integer grid: ``lo = base + lo_q * step`` (same for hi).
+
+    ``lo`` is rounded down and ``hi`` up, so normalized values stay within [-1, 1]; the grid
+    step is a fraction of the target RMS error, so the integers entropy-code to a few bits.
+    """
+
+    base: float
+    step: float
+    lo_q: np.ndarray  # (n_blocks,) int64
+    hi_q: np.ndarray  # (n_blocks,) int64
+
+    def __post_init__(self) -> None:
+        if self.lo_q.shape != self.hi_q.shape or self.lo_q.ndim != 1:
+            raise ValueError("BlockConstants: lo_q and hi_q must be 1-D of the same length")
+        if not (self.step > 0 and np.isfinite(self.step) and np.isfinite(self.base)):
+            raise ValueError("BlockConstants: step must be positive and finite")
+
+    @property
+    def lo(self) -> np.ndarray:
+        """(n_blocks,) float32: the value mapped to -1."""
+        return (self.base + self.lo_q.astype(np.float64) * self.step).astype(np.float32)
+
+    @property
+    def hi(self) -> np.ndarray:
+        """(n_blocks,) float32: the value mapped to +1."""
+        return (self.base + self.hi_q.astype(np.float64) * self.step).astype(np.float32)
+
+
+@dataclass(frozen=True)
 class Blocks:
     """Output of ``partition``; input of ``cluster`` and ``fit``.
 
@@ -57,8 +88,7 @@ class Blocks:
 
     block: tuple[int, int, int, int]  # (bt, bz, by, bx)
     grid: tuple[int, int, int, int]  # blocks along t, z, y, x
-    lo: np.ndarray  # (n_blocks,) float32: value mapped to -1
-    hi: np.ndarray  # (n_blocks,) float32: value mapped to +1
+    consts: BlockConstants  # per-block lo/hi
     trivial: np.ndarray  # (n_blocks,) bool: stored as the constant (lo + hi) / 2
     values: np.ndarray  # (n_fit, bt*bz*by*bx) float32 in [-1, 1], non-trivial blocks only
     shape4: tuple[int, int, int, int]  # the field's (T, Z, Y, X), before padding
@@ -66,15 +96,22 @@ class Blocks:
 
     def __post_init__(self) -> None:
         n = int(np.prod(self.grid))
-        for name in ("lo", "hi", "trivial"):
-            if getattr(self, name).shape != (n,):
-                raise ValueError(f"Blocks.{name} must have shape ({n},)")
+        if self.trivial.shape != (n,) or self.consts.lo_q.shape != (n,):
+            raise ValueError(f"Blocks: trivial and consts need {n} entries")
         if self.values.shape != (self.n_fit, int(np.prod(self.block))):
             raise ValueError("Blocks.values must be (n_fit, voxels per block)")
 
     @property
     def n_blocks(self) -> int:
         return int(np.prod(self.grid))
+
+    @property
+    def lo(self) -> np.ndarray:
+        return self.consts.lo
+
+    @property
+    def hi(self) -> np.ndarray:
+        return self.consts.hi
 
     @property
     def fit_ids(self) -> np.ndarray:
@@ -130,8 +167,7 @@ class Model:
     shape4: tuple[int, int, int, int]  # (T, Z, Y, X) of the field
     block: tuple[int, int, int, int]
     grid: tuple[int, int, int, int]
-    lo: np.ndarray  # (n_blocks,) float32
-    hi: np.ndarray  # (n_blocks,) float32
+    consts: BlockConstants
     trivial: np.ndarray  # (n_blocks,) bool
     net: NetShape
     arrays: dict[str, np.ndarray]  # float32 parameters, "latents" included
@@ -139,24 +175,68 @@ class Model:
 
     def __post_init__(self) -> None:
         n = int(np.prod(self.grid))
-        if not (self.lo.shape == self.hi.shape == self.trivial.shape == (n,)):
-            raise ValueError("Model: lo, hi and trivial need one entry per block")
+        if not (self.consts.lo_q.shape == self.trivial.shape == (n,)):
+            raise ValueError("Model: consts and trivial need one entry per block")
         n_fit = int((~self.trivial).sum())
         if self.block_net.shape != (n_fit,) or self.net.n_blocks != n_fit:
             raise ValueError("Model: block_net needs one entry per fitted block")
         if n_fit and (self.block_net.min() < 0 or self.block_net.max() >= self.net.n_nets):
             raise ValueError("Model: block_net refers to a network that does not exist")
 
+    @cached_property
+    def lo(self) -> np.ndarray:
+        """(n_blocks,) float32, decoded once."""
+        return self.consts.lo
+
+    @cached_property
+    def hi(self) -> np.ndarray:
+        """(n_blocks,) float32, decoded once."""
+        return self.consts.hi
+
     @classmethod
-    def from_fit(cls, blocks: Blocks, fitted: Fitted) -> Model:
+    def from_fit(
+        cls, blocks: Blocks, fitted: Fitted, arrays: dict[str, np.ndarray] | None = None
+    ) -> Model:
         return cls(
             shape4=blocks.shape4,
             block=blocks.block,
             grid=blocks.grid,
-            lo=blocks.lo,
-            hi=blocks.hi,
+            consts=blocks.consts,
             trivial=blocks.trivial,
             net=fitted.shape,
-            arrays=fitted.arrays,
+            arrays=fitted.arrays if arrays is None else arrays,
             block_net=fitted.block_net,
         )
+
+
+def dequantize_uniform(q: np.ndarray, offset: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`quantize_uniform` (float32 arithmetic, identical at both ends)."""
+    return (offset[None, :] + q.astype(np.float32) * step[None, :]).astype(np.float32)
+
+
+def dequantize_shared(codebook: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Weights from a codebook and indices (0 -> exactly zero)."""
+    table = np.concatenate([np.zeros(1, np.float32), codebook.astype(np.float32)])
+    return table[idx]
+
+
+@dataclass(frozen=True)
+class Shrunk:
+    """Output of ``shrink``: pruned, weight-shared networks and uniformly quantized latents.
+
+    ``indices[name]`` has the parameter's shape; 0 means an exact (pruned) zero and ``i > 0``
+    means ``codebooks[name][i - 1]``. Latent codes are ``offset + q * step`` per dimension.
+    ``codebooks`` is empty when the weights are kept as float16 (``bits = 0``, ``arrays`` used).
+    """
+
+    shape: NetShape
+    codebooks: dict[str, np.ndarray]  # name -> (K,) float32
+    indices: dict[str, np.ndarray]  # name -> int64, parameter-shaped, 0..K
+    latent_q: np.ndarray  # (n_fit, latent_dim) int64
+    latent_offset: np.ndarray  # (latent_dim,) float32
+    latent_step: np.ndarray  # (latent_dim,) float32
+    arrays: dict[str, np.ndarray]  # dequantized float32 parameters, exactly what decode uses
+    block_net: np.ndarray  # (n_fit,) int64
+    psnr: float  # of the whole field with these parameters
+    sparsity: float  # fraction of prunable weights that are zero
+    log: tuple[tuple[str, float, int], ...] = ()  # (step, PSNR, parameter count) per step

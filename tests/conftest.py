@@ -34,19 +34,28 @@ def field() -> np.ndarray:
     return smooth_field()
 
 
+TINY = {
+    "partition.block": (2, 8, 8, 8),
+    "fit.width": 16,
+    "fit.depth": 1,
+    "fit.samples_per_net": 512,
+    "fit.eval_every": 50,
+    "fit.max_steps": 1500,
+    "fit.device": "cpu",
+    "shrink.prune_steps": 1,
+    "shrink.recovery_steps": 150,
+    "shrink.finetune_steps": 150,
+}
+
+
+def tiny(psnr: float = 30.0, **changes) -> Config:
+    """A configuration that compresses the tiny test fields in a second or two."""
+    return Config(psnr=psnr).replace(**{**TINY, **changes})
+
+
 @pytest.fixture
 def tiny_config() -> Config:
-    return Config(psnr=30.0).replace(
-        **{
-            "partition.block": (2, 8, 8, 8),
-            "fit.width": 16,
-            "fit.depth": 1,
-            "fit.samples_per_net": 512,
-            "fit.eval_every": 50,
-            "fit.max_steps": 3000,
-            "fit.device": "cpu",
-        }
-    )
+    return tiny()
 
 
 @pytest.fixture

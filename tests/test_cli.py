@@ -85,7 +85,7 @@ def test_info(sinr_file, capsys):
     _, sinr = sinr_file
     assert main(["info", str(sinr)]) == 0
     out = capsys.readouterr().out
-    for word in ("ratio", "psnr", "networks", "params", "theta"):
+    for word in ("ratio", "psnr", "networks", "parameters", "sparsity", "theta"):
         assert word in out
 
 

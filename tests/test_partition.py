@@ -33,7 +33,10 @@ def test_trivial_blocks_and_their_error():
     blocks = partition.partition(vol, PartitionConfig(block=(2, 4, 8, 8)), tolerance=0.01)
     assert blocks.trivial.all()
     assert blocks.n_fit == 0
-    assert 0 < blocks.trivial_sse <= 512 * 0.0005**2 * 1.01
+    # error per voxel <= half-range + one step of the block-constant grid (0.5 * tolerance)
+    assert 0 < blocks.trivial_sse <= 512 * (0.0005 + 0.005) ** 2
+    mid = (blocks.lo.astype(np.float64) + blocks.hi) / 2
+    assert np.abs(mid[0] - data[:, :4]).max() <= 0.5 * 0.01 + 0.5 * 0.01
 
 
 def test_block_clipped_to_small_field():

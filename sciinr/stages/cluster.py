@@ -67,7 +67,6 @@ def _balanced_assign(dist: np.ndarray, capacity: int) -> np.ndarray:
     order = np.argsort(dist, axis=None, kind="stable")
     owner = np.full(n, -1, np.int64)
     count = np.zeros(k, np.int64)
-    # Leave room so that no centre ends empty: cap the blocks given to the first k-1 centres.
     assigned = 0
     for flat in order:
         b, c = divmod(int(flat), k)

@@ -1,15 +1,23 @@
-"""Encode stage: :class:`Model` <-> header metadata + named byte sections.
+"""Encode stage: :class:`Model` (+ :class:`Shrunk`) <-> header metadata + named byte sections.
 
-Sections (each zstd-compressed raw little-endian arrays):
+Integer streams go through :mod:`sciinr.stages.entropy` (ANS or zstd, whichever is smaller);
+float arrays are little-endian and zstd-compressed. Sections:
 
-- ``trivial``   packed bits, one per block (1 = stored as a constant)
-- ``lo``, ``hi``  float32 per block: the values mapped to -1 and +1
-- ``block_net`` uint16/uint32 per fitted block: the network that serves it
-- ``params``    every network parameter, in :meth:`NetShape.param_names` order, float16
-- ``latents``   float16 (n_fit, latent_dim)
+==============  ==============================================================================
+``trivial``     packed bits, one per block (1 = stored as a constant)
+``const_lo``    per block, integer ``lo_q``: ``lo = base + lo_q * step`` (base, step in header)
+``const_span``  per block, ``hi_q - lo_q``
+``block_net``   per fitted block, the network that serves it
+``codebooks``   float16 centroids of every parameter tensor, concatenated (sizes in header)
+``idx_<name>``  per parameter tensor, indices into ``[0, *codebook]`` (0 = pruned zero)
+``latent_q``    per fitted block and latent dimension, uniform quantization integers
+``latent_scale`` float32 ``offset`` then ``step`` per latent dimension
+``params``      (``params_dtype = float16`` only) every parameter, float16, in name order
+``latents``     (``params_dtype = float16`` only) float16 latent codes
+==============  ==============================================================================
 
-Decoding derives every expected length from the (already validated) header before it
-decompresses anything, and refuses a section whose length differs.
+Decoding derives every expected count from the (already validated) header before it decodes
+anything and refuses a section whose content disagrees.
 """
 
 from __future__ import annotations
@@ -22,33 +30,18 @@ import zstandard
 
 from ..errors import FormatError
 from ..nets import NetShape
-from ..payloads import Model
+from ..payloads import BlockConstants, Model, Shrunk, dequantize_shared, dequantize_uniform
+from .entropy import decode_ints, unzip_exact
+from .entropy import encode_ints as _encode_ints
 
 ZSTD_LEVEL = 19
 MAX_VALUES = 1 << 40  # largest field a header may describe
 MAX_BLOCKS = 1 << 31
+MAX_CODEBOOK = 1 << 12
 
 
 def _zip(raw: bytes) -> bytes:
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw)
-
-
-def _unzip(data: bytes, n_bytes: int, what: str) -> bytes:
-    try:
-        declared = zstandard.frame_content_size(data)
-    except zstandard.ZstdError:
-        raise FormatError(f"corrupted section {what!r} (not a zstd frame)") from None
-    if declared not in (-1, n_bytes):
-        raise FormatError(
-            f"corrupted section {what!r} (holds {declared} bytes, expected {n_bytes})"
-        )
-    try:
-        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=n_bytes)
-    except zstandard.ZstdError:
-        raise FormatError(f"corrupted section {what!r} (zstd stream does not decode)") from None
-    if len(raw) != n_bytes:
-        raise FormatError(f"corrupted section {what!r} ({len(raw)} bytes, expected {n_bytes})")
-    return raw
 
 
 def array_bytes(arr: np.ndarray) -> bytes:
@@ -61,15 +54,27 @@ def bytes_array(data: bytes, dtype: str, shape: tuple[int, ...], what: str) -> n
     dt = np.dtype(dtype).newbyteorder("<")
     n = math.prod(shape) * dt.itemsize
     return (
-        np.frombuffer(_unzip(data, n, what), dtype=dt).reshape(shape).astype(dt.newbyteorder("="))
+        np.frombuffer(unzip_exact(data, n, what), dtype=dt)
+        .reshape(shape)
+        .astype(dt.newbyteorder("="))
     )
 
 
-def encode_model(model: Model) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """Model -> (metadata for the header, sections)."""
+def encode_model(
+    model: Model, shrunk: Shrunk | None = None, int_method: str = "best"
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Model -> (metadata for the header, sections).
+
+    With ``shrunk`` (weight-shared networks) the indices, codebooks and quantized latents are
+    stored; without it, every parameter as float16. ``int_method`` picks the integer coder
+    (``best``, ``zstd`` or ``ans``; see :func:`~sciinr.stages.entropy.encode_ints`).
+    """
+
+    def encode_ints(v: np.ndarray) -> bytes:
+        return _encode_ints(v, method=int_method)
+
     net = model.net
-    idx_dtype = "uint16" if net.n_nets <= 1 << 16 else "uint32"
-    meta = {
+    meta: dict[str, Any] = {
         "shape4": list(model.shape4),
         "block": list(model.block),
         "net": {
@@ -80,22 +85,39 @@ def encode_model(model: Model) -> tuple[dict[str, Any], dict[str, bytes]]:
             "depth": net.depth,
             "omega0": net.omega0,
         },
-        "block_net_dtype": idx_dtype,
-        "params_dtype": "float16",
+        "consts": {"base": model.consts.base, "step": model.consts.step},
     }
-    params = (
-        np.concatenate([model.arrays[k].ravel() for k in net.param_names()])
-        if net.n_nets
-        else np.zeros(0, np.float32)
-    )
+    c = model.consts
     sections = {
         "trivial": _zip(np.packbits(model.trivial.astype(np.uint8)).tobytes()),
-        "lo": array_bytes(model.lo.astype(np.float32)),
-        "hi": array_bytes(model.hi.astype(np.float32)),
-        "block_net": array_bytes(model.block_net.astype(idx_dtype)),
-        "params": array_bytes(params.astype(np.float16)),
-        "latents": array_bytes(model.arrays["latents"].astype(np.float16)),
+        "const_lo": encode_ints(c.lo_q),
+        "const_span": encode_ints(c.hi_q - c.lo_q),
+        "block_net": encode_ints(model.block_net),
     }
+    names = net.param_names()
+    if shrunk is not None and shrunk.codebooks:
+        meta["params_dtype"] = "shared"
+        meta["codebook_sizes"] = [int(shrunk.codebooks[n].size) for n in names]
+        meta["latent_bits"] = int(max(1, int(shrunk.latent_q.max(initial=0))).bit_length())
+        meta["sparsity"] = shrunk.sparsity
+        sections["codebooks"] = array_bytes(
+            np.concatenate([shrunk.codebooks[n] for n in names]).astype(np.float16)
+        )
+        for n in names:
+            sections[f"idx_{n}"] = encode_ints(shrunk.indices[n])
+        sections["latent_q"] = encode_ints(shrunk.latent_q)
+        sections["latent_scale"] = array_bytes(
+            np.concatenate([shrunk.latent_offset, shrunk.latent_step]).astype(np.float32)
+        )
+    else:
+        meta["params_dtype"] = "float16"
+        params = (
+            np.concatenate([model.arrays[k].ravel() for k in names])
+            if net.n_nets
+            else np.zeros(0, np.float32)
+        )
+        sections["params"] = array_bytes(params.astype(np.float16))
+        sections["latents"] = array_bytes(model.arrays["latents"].astype(np.float16))
     return meta, sections
 
 
@@ -104,6 +126,13 @@ def _int(meta: dict[str, Any], key: str, lo: int, hi: int) -> int:
     if type(v) is not int or not lo <= v <= hi:
         raise FormatError(f"corrupted header ({key} = {v!r} not in {lo}..{hi})")
     return v
+
+
+def _float(meta: dict[str, Any], key: str) -> float:
+    v = meta.get(key)
+    if type(v) not in (int, float) or not math.isfinite(v):
+        raise FormatError(f"corrupted header ({key} = {v!r})")
+    return float(v)
 
 
 def validate_meta(meta: Any) -> tuple[tuple[int, ...], tuple[int, ...], NetShape]:
@@ -133,16 +162,33 @@ def validate_meta(meta: Any) -> tuple[tuple[int, ...], tuple[int, ...], NetShape
         latent_dim=_int(net, "latent_dim", 0, 256),
         width=_int(net, "width", 1, 1024),
         depth=_int(net, "depth", 0, 16),
-        omega0=float(net.get("omega0")) if isinstance(net.get("omega0"), int | float) else -1.0,
+        omega0=_float(net, "omega0"),
     )
     if not 0 < shape.omega0 <= 1000:
         raise FormatError("corrupted header (omega0)")
-    if (
-        meta.get("block_net_dtype") not in ("uint16", "uint32")
-        or meta.get("params_dtype") != "float16"
-    ):
-        raise FormatError("corrupted header (unknown section dtype)")
+    consts = meta.get("consts")
+    if not isinstance(consts, dict) or not _float(consts, "step") > 0:
+        raise FormatError("corrupted header (block constants)")
+    _float(consts, "base")
+    kind = meta.get("params_dtype")
+    if kind not in ("float16", "shared"):
+        raise FormatError(f"corrupted header (unknown parameter encoding {kind!r})")
+    if kind == "shared":
+        sizes = meta.get("codebook_sizes")
+        if not (
+            isinstance(sizes, list)
+            and len(sizes) == len(shape.param_names())
+            and all(type(k) is int and 0 <= k <= MAX_CODEBOOK for k in sizes)
+        ):
+            raise FormatError("corrupted header (codebook sizes)")
+        _int(meta, "latent_bits", 1, 16)
     return tuple(shape4), tuple(block), shape
+
+
+def _need(sections: dict[str, bytes], names: list[str]) -> None:
+    missing = set(names) - set(sections)
+    if missing:
+        raise FormatError(f"missing sections: {', '.join(sorted(missing))}")
 
 
 def decode_model(meta: dict[str, Any], sections: dict[str, bytes]) -> Model:
@@ -150,36 +196,36 @@ def decode_model(meta: dict[str, Any], sections: dict[str, bytes]) -> Model:
     shape4, block, net = validate_meta(meta)
     grid = tuple(-(-s // b) for s, b in zip(shape4, block, strict=True))
     n_blocks = math.prod(grid)
-    missing = {"trivial", "lo", "hi", "block_net", "params", "latents"} - set(sections)
-    if missing:
-        raise FormatError(f"missing sections: {', '.join(sorted(missing))}")
-    bits = np.frombuffer(_unzip(sections["trivial"], -(-n_blocks // 8), "trivial"), np.uint8)
+    _need(sections, ["trivial", "const_lo", "const_span", "block_net"])
+    bits = np.frombuffer(unzip_exact(sections["trivial"], -(-n_blocks // 8), "trivial"), np.uint8)
     trivial = np.unpackbits(bits)[:n_blocks].astype(bool)
     n_fit = int((~trivial).sum())
     if n_fit != net.n_blocks:
         raise FormatError(
             f"corrupted section 'trivial' ({n_fit} fitted blocks, header says {net.n_blocks})"
         )
-    lo = bytes_array(sections["lo"], "float32", (n_blocks,), "lo")
-    hi = bytes_array(sections["hi"], "float32", (n_blocks,), "hi")
+    lo_q = decode_ints(sections["const_lo"], n_blocks, "const_lo")
+    span = decode_ints(sections["const_span"], n_blocks, "const_span")
+    if n_blocks and span.min() < 0:
+        raise FormatError("corrupted section 'const_span' (negative span)")
+    consts = BlockConstants(
+        base=float(meta["consts"]["base"]),
+        step=float(meta["consts"]["step"]),
+        lo_q=lo_q,
+        hi_q=lo_q + span,
+    )
+    lo, hi = consts.lo, consts.hi
     if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
-        raise FormatError("corrupted section 'lo'/'hi' (non-finite values)")
-    block_net = bytes_array(
-        sections["block_net"], meta["block_net_dtype"], (n_fit,), "block_net"
-    ).astype(np.int64)
-    if n_fit and (block_net.max() >= net.n_nets):
+        raise FormatError("corrupted section 'const_lo' (values outside float32)")
+    block_net = decode_ints(sections["block_net"], n_fit, "block_net")
+    if n_fit and (block_net.min() < 0 or block_net.max() >= net.n_nets):
         raise FormatError("corrupted section 'block_net' (network index out of range)")
+    names = net.param_names()
     shapes = net.param_shapes()
-    flat = bytes_array(sections["params"], "float16", (net.n_params(),), "params")
-    arrays: dict[str, np.ndarray] = {}
-    pos = 0
-    for name in net.param_names():
-        size = math.prod(shapes[name])
-        arrays[name] = flat[pos : pos + size].astype(np.float32).reshape(shapes[name])
-        pos += size
-    arrays["latents"] = bytes_array(
-        sections["latents"], "float16", (n_fit, net.latent_dim), "latents"
-    ).astype(np.float32)
+    if meta["params_dtype"] == "float16":
+        arrays = _decode_float16(sections, net, names, shapes)
+    else:
+        arrays = _decode_shared(meta, sections, net, names, shapes)
     for name, arr in arrays.items():
         if not np.isfinite(arr).all():
             raise FormatError(f"corrupted section for {name!r} (non-finite values)")
@@ -187,10 +233,48 @@ def decode_model(meta: dict[str, Any], sections: dict[str, bytes]) -> Model:
         shape4=shape4,
         block=block,
         grid=grid,
-        lo=lo,
-        hi=hi,
+        consts=consts,
         trivial=trivial,
         net=net,
         arrays=arrays,
         block_net=block_net,
     )
+
+
+def _decode_float16(sections, net, names, shapes) -> dict[str, np.ndarray]:
+    _need(sections, ["params", "latents"])
+    flat = bytes_array(sections["params"], "float16", (net.n_params(),), "params")
+    arrays: dict[str, np.ndarray] = {}
+    pos = 0
+    for name in names:
+        size = math.prod(shapes[name])
+        arrays[name] = flat[pos : pos + size].astype(np.float32).reshape(shapes[name])
+        pos += size
+    arrays["latents"] = bytes_array(
+        sections["latents"], "float16", (net.n_blocks, net.latent_dim), "latents"
+    ).astype(np.float32)
+    return arrays
+
+
+def _decode_shared(meta, sections, net, names, shapes) -> dict[str, np.ndarray]:
+    _need(sections, ["codebooks", "latent_q", "latent_scale", *[f"idx_{n}" for n in names]])
+    sizes = meta["codebook_sizes"]
+    flat = bytes_array(sections["codebooks"], "float16", (sum(sizes),), "codebooks").astype(
+        np.float32
+    )
+    arrays: dict[str, np.ndarray] = {}
+    pos = 0
+    for name, k in zip(names, sizes, strict=True):
+        cb = flat[pos : pos + k]
+        pos += k
+        idx = decode_ints(sections[f"idx_{name}"], math.prod(shapes[name]), f"idx_{name}")
+        if idx.size and (idx.min() < 0 or idx.max() > k):
+            raise FormatError(f"corrupted section 'idx_{name}' (index outside its codebook)")
+        arrays[name] = dequantize_shared(cb, idx.reshape(shapes[name]))
+    n, d = net.n_blocks, net.latent_dim
+    q = decode_ints(sections["latent_q"], n * d, "latent_q").reshape(n, d)
+    if q.size and (q.min() < 0 or q.max() >= 1 << meta["latent_bits"]):
+        raise FormatError("corrupted section 'latent_q' (value outside its bit width)")
+    scale = bytes_array(sections["latent_scale"], "float32", (2 * d,), "latent_scale")
+    arrays["latents"] = dequantize_uniform(q, scale[:d], scale[d:])
+    return arrays

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import PartitionConfig
-from ..payloads import Blocks, Volume
+from ..payloads import BlockConstants, Blocks, Volume
 
 
 def block_shape(shape4: tuple[int, ...], block: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -52,27 +52,48 @@ def partition(volume: Volume, cfg: PartitionConfig, tolerance: float) -> Blocks:
     block = block_shape(volume.data.shape, cfg.block)
     grid = grid_shape(volume.data.shape, block)
     flat = to_blocks(volume.data, block)
-    lo = flat.min(axis=1)
-    hi = flat.max(axis=1)
-    half = (hi.astype(np.float64) - lo) / 2
-    trivial = half <= cfg.trivial_fraction * tolerance
+    raw_lo = flat.min(axis=1).astype(np.float64)
+    raw_hi = flat.max(axis=1).astype(np.float64)
+    trivial = (raw_hi - raw_lo) / 2 <= cfg.trivial_fraction * tolerance
+    consts = quantize_constants(raw_lo, raw_hi, cfg.const_step * tolerance)
+    lo, hi = consts.lo, consts.hi
     fit = flat[~trivial]
     valid = valid_mask(volume.data.shape, block, np.flatnonzero(trivial))
     mid = (lo[trivial, None].astype(np.float64) + hi[trivial, None]) / 2
     trivial_sse = float((((flat[trivial] - mid) ** 2) * valid).sum())
     lo_f = lo[~trivial, None].astype(np.float64)
     scale = (hi[~trivial, None].astype(np.float64) - lo_f) / 2
-    values = ((fit - lo_f) / scale - 1.0).astype(np.float32)
+    values = np.clip((fit - lo_f) / scale - 1.0, -1.0, 1.0).astype(np.float32)
     return Blocks(
         block=block,
         grid=grid,
-        lo=lo.astype(np.float32),
-        hi=hi.astype(np.float32),
+        consts=consts,
         trivial=trivial,
         values=values,
         shape4=tuple(volume.data.shape),
         trivial_sse=trivial_sse,
     )
+
+
+def quantize_constants(lo: np.ndarray, hi: np.ndarray, step: float) -> BlockConstants:
+    """Put block ranges on an integer grid (lo rounded down, hi up) of spacing ``step``."""
+    base = float(lo.min()) if lo.size else 0.0
+    span = float(hi.max()) - base if hi.size else 0.0
+    if not step > 0 or span / step > 2**30:  # constant field, or a step too fine for int32
+        step = max(span / 2**30, abs(base) * 2**-20, 2**-126) if span > 0 else 1.0
+    lo_q = np.floor((lo - base) / step).astype(np.int64)
+    hi_q = np.ceil((hi - base) / step).astype(np.int64)
+    consts = BlockConstants(base=base, step=float(step), lo_q=lo_q, hi_q=hi_q)
+    # float32 rounding of base + q * step may land inside the range: widen until it covers it
+    for _ in range(4):
+        bad_lo = consts.lo > lo.astype(np.float32)
+        bad_hi = consts.hi < hi.astype(np.float32)
+        if not (bad_lo.any() or bad_hi.any()):
+            break
+        lo_q = lo_q - bad_lo
+        hi_q = hi_q + bad_hi
+        consts = BlockConstants(base=base, step=float(step), lo_q=lo_q, hi_q=hi_q)
+    return consts
 
 
 def valid_mask(shape4: tuple[int, ...], block: tuple[int, ...], ids: np.ndarray) -> np.ndarray:

@@ -1,0 +1,161 @@
+"""Ablation of the shrink stage (issue 4): what each step buys, on real viscous-fingering data.
+
+One fit, then each variant of the shrink/encode stages on the same fitted networks:
+
+    fp16 weights -> + pruning -> + weight sharing (no fine-tuning) -> + fine-tuning
+    -> + ANS entropy coding (per stream, the smaller of ANS and zstd)
+
+Every row: file bytes, ratio, bits/value, PSNR measured after decoding the file. Then SZ3 (pysz)
+at the same PSNR on the same array, when pysz is installed.
+
+    python benchmarks/ablation.py --steps 40:48 --psnr 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+import sciinr
+from sciinr.api import build_header
+from sciinr.metrics import bits_per_value, psnr, ratio, rmse_for_psnr
+from sciinr.payloads import Model
+from sciinr.stages import cluster, container, decode, encode, fit, partition, read, shrink
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vf_run01.h5"
+
+
+def sz3_at_psnr(field: np.ndarray, target: float) -> tuple[int, float] | None:
+    """Bytes and PSNR of SZ3 (absolute error bound found by bisection) reaching ``target``."""
+    try:
+        from pysz import sz, szConfig, szErrorBoundMode
+    except ImportError:
+        print("pysz not installed: SZ3 skipped (pip install pysz)")
+        return None
+    vr = float(field.max() - field.min())
+    lo, hi = 1e-7 * vr, 0.5 * vr
+    best = None
+    for _ in range(30):
+        eb = np.sqrt(lo * hi)
+        cfg = szConfig(field.shape)
+        cfg.errorBoundMode = szErrorBoundMode.ABS
+        cfg.absErrorBound = eb
+        comp, _ = sz.compress(field, cfg)
+        dec, _ = sz.decompress(comp, np.float32, field.shape)
+        p = psnr(field, dec)
+        if p >= target:
+            best = (comp.nbytes, p)
+            lo = eb
+        else:
+            hi = eb
+        if hi / lo < 1.02:
+            break
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--steps", default="40:48", help="time steps a:b of vf_run01 density")
+    ap.add_argument("--psnr", type=float, default=40.0)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ablation")
+    args = ap.parse_args()
+    a, b = (int(x) for x in args.steps.split(":"))
+    with h5py.File(args.data) as fh:
+        field = fh["density"][a:b]
+    cfg = sciinr.Config(psnr=args.psnr).replace(**{"fit.device": "cpu"})
+    volume = read.read(field)
+    vr = float(field.max() - field.min())
+    t0 = time.perf_counter()
+    blocks = partition.partition(volume, cfg.partition, rmse_for_psnr(cfg.psnr, vr))
+    assignment = cluster.cluster(blocks, cfg.cluster, seed=cfg.seed)
+    fitted = fit.fit(blocks, assignment, cfg.fit, target_psnr=cfg.psnr, value_range=vr)
+    fit_seconds = time.perf_counter() - t0
+    print(f"fit: {fitted.shape.n_nets} networks, {fitted.psnr:.2f} dB, {fit_seconds:.0f} s")
+
+    s = cfg.shrink
+    variants = [
+        ("fp16 weights (foundation)", dataclasses.replace(s, prune=0.0, bits=0), "zstd"),
+        ("+ pruning", dataclasses.replace(s, bits=0), "zstd"),
+        (
+            "+ weight sharing, no fine-tuning",
+            dataclasses.replace(s, finetune_steps=0, max_bits=s.bits),
+            "zstd",
+        ),
+        ("+ centroid fine-tuning", s, "zstd"),
+        ("+ ANS entropy coding", s, "best"),
+    ]
+    rows = []
+    cache: dict[tuple, sciinr.payloads.Shrunk] = {}
+    for name, scfg, method in variants:
+        key = dataclasses.astuple(scfg)
+        t1 = time.perf_counter()
+        if key not in cache:
+            cache[key] = shrink.shrink(
+                blocks,
+                assignment,
+                fitted,
+                scfg,
+                cfg.fit,
+                target_psnr=cfg.psnr,
+                value_range=vr,
+                seed=cfg.seed,
+            )
+        small = cache[key]
+        model = Model.from_fit(blocks, fitted, arrays=small.arrays)
+        meta, sections = encode.encode_model(model, small if small.codebooks else None, method)
+        stored = encode.decode_model(meta, sections)
+        reached = psnr(field, decode.decode(stored))
+        blob = container.pack(build_header(volume, cfg, meta, reached), sections)
+        rows.append(
+            {
+                "step": name,
+                "bytes": len(blob),
+                "ratio": ratio(field.size, len(blob)),
+                "bits_per_value": bits_per_value(field.size, len(blob)),
+                "psnr": reached,
+                "sparsity": small.sparsity,
+                "seconds": time.perf_counter() - t1,
+            }
+        )
+        print(
+            f"{name:<36}{len(blob):>9} B  ratio {rows[-1]['ratio']:8.1f}  "
+            f"{rows[-1]['bits_per_value']:.4f} b/v  PSNR {reached:6.2f} dB"
+        )
+    sz3 = sz3_at_psnr(field, rows[-1]["psnr"])
+    if sz3:
+        print(
+            f"{'SZ3 (pysz) at the same PSNR':<36}{sz3[0]:>9} B  ratio "
+            f"{ratio(field.size, sz3[0]):8.1f}  PSNR {sz3[1]:6.2f} dB"
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    rev = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    record = {
+        "command": f"python benchmarks/ablation.py --steps {args.steps} --psnr {args.psnr}",
+        "git": rev,
+        "machine": f"{platform.machine()} {platform.processor()} nproc=2",
+        "date": time.strftime("%Y-%m-%d"),
+        "shape": list(field.shape),
+        "fit_seconds": fit_seconds,
+        "rows": rows,
+        "sz3": None
+        if not sz3
+        else {"bytes": sz3[0], "psnr": sz3[1], "ratio": ratio(field.size, sz3[0])},
+    }
+    path = args.out / f"vf_{a}_{b}_psnr{args.psnr:g}.json"
+    path.write_text(json.dumps(record, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+
+from sciinr import FormatError
+from sciinr.payloads import dequantize_shared, dequantize_uniform
+from sciinr.stages.entropy import decode_ints, encode_ints
+from sciinr.stages.shrink.prune import importance, masks_for
+from sciinr.stages.shrink.quantize import kmeans_1d, quantize_uniform, share
+
+
+@pytest.mark.parametrize("method", ["best", "zstd", "ans"])
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.random.default_rng(0).integers(0, 64, 3000),
+        np.where(
+            np.random.default_rng(1).random(3000) < 0.7,
+            0,
+            np.random.default_rng(2).integers(-40, 40, 3000),
+        ),
+        np.array([7]),
+        np.zeros(0, np.int64),
+        np.full(10, -3),
+        np.random.default_rng(3).integers(-(2**20), 2**20, 50),
+    ],
+)
+def test_entropy_roundtrip_exact(values, method):
+    data = encode_ints(values, method=method)
+    np.testing.assert_array_equal(decode_ints(data, values.size), values)
+
+
+def test_entropy_ans_near_entropy_and_best_is_smallest():
+    rng = np.random.default_rng(0)
+    values = np.where(rng.random(20000) < 0.5, 0, rng.integers(1, 32, 20000))
+    ans, zst = encode_ints(values, method="ans"), encode_ints(values, method="zstd")
+    p = np.bincount(values) / values.size
+    entropy_bytes = -(p[p > 0] * np.log2(p[p > 0])).sum() * values.size / 8
+    assert len(ans) < 1.01 * entropy_bytes + 100
+    assert len(encode_ints(values)) == min(len(ans), len(zst))
+
+
+def test_entropy_rejects_bad_streams():
+    data = encode_ints(np.arange(100) % 7, method="ans")
+    with pytest.raises(FormatError):
+        decode_ints(data[:5], 100)
+    with pytest.raises(FormatError):
+        decode_ints(b"\x09" + data[1:], 100)
+    with pytest.raises(FormatError):
+        decode_ints(encode_ints(np.arange(10), method="zstd"), 11)
+
+
+def test_kmeans_1d_error_bounded():
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.1, 5000).astype(np.float32)
+    for bits in (3, 5, 7):
+        c, lab = kmeans_1d(w, 2**bits)
+        assert c.size <= 2**bits
+        assert np.all(np.diff(c) > 0)
+        err = np.abs(c[lab] - w)
+        inside = (w >= c[0]) & (w <= c[-1])
+        # each value goes to its nearest centroid: inside the codebook's span the error is
+        # at most half the widest gap
+        assert err[inside].max() <= np.diff(c).max() / 2 + 1e-6
+        np.testing.assert_array_equal(lab, np.abs(w[:, None] - c[None, :]).argmin(1))
+        assert np.sqrt((err**2).mean()) < 0.5 * 0.1 / 2 ** (bits - 3)  # 2x Lloyd-Max
+
+
+def test_share_keeps_pruned_zero_and_dequantizes():
+    rng = np.random.default_rng(1)
+    w = rng.normal(0, 1, (3, 8, 8)).astype(np.float32)
+    keep = rng.random(w.shape) > 0.4
+    cb, idx = share(w, keep, bits=4)
+    deq = dequantize_shared(cb, idx)
+    assert (deq[~keep] == 0).all()
+    assert (idx[~keep] == 0).all()
+    assert (idx[keep] > 0).all()
+    assert np.abs(deq[keep] - w[keep]).max() < 0.5
+
+
+def test_uniform_latent_quantization_bound():
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, 0.05, (40, 8)).astype(np.float32)
+    q, off, step = quantize_uniform(x, 8)
+    assert q.min() >= 0
+    assert q.max() <= 255
+    assert np.abs(dequantize_uniform(q, off, step) - x).max() <= step.max() / 2 + 1e-7
+
+
+def test_masks_prune_fraction_and_prefer_hard_networks():
+    rng = np.random.default_rng(3)
+    arrays = {
+        "w_h0": rng.normal(0, 1, (2, 16, 16)).astype(np.float32),
+        "latents": np.zeros((4, 2), np.float32),
+    }
+    scores = importance(arrays, net_error=np.array([1.0, 9.0]), power=1.0)
+    masks = masks_for(scores, 0.5)
+    assert masks["w_h0"].sum() == 256
+    # the network with the larger error keeps more weights
+    assert masks["w_h0"][1].sum() > masks["w_h0"][0].sum()
