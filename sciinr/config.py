@@ -166,6 +166,9 @@ class ShrinkConfig:
         _check(0 <= self.finetune_steps <= 1_000_000, "shrink.finetune_steps must be >= 0")
         _check(0 < self.finetune_lr < 1, "shrink.finetune_lr must be in (0, 1)")
         _check(0 <= self.finetune_margin_db <= 20, "shrink.finetune_margin_db must be in [0, 20]")
+
+
+@dataclass(frozen=True)
 class BoundConfig:
     """Error bounds and rate control: a residual layer on top of the networks.
 
