@@ -659,6 +659,11 @@ def _compress_with_residual(volume: Volume, cfg: Config, progress: bool) -> tupl
             return _assemble(volume, cfg, net, None, [], t0)
         step = _step_for_psnr(volume.data, net.prediction, cfg.psnr, vr)
         corr = _residual(volume, net, step=step)
+        for _ in range(20):  # chunks coded by interpolation may err a little more: tighten
+            if psnr_from_mse(corr.sse / volume.data.size, vr) >= cfg.psnr:
+                break
+            step *= 0.98
+            corr = _residual(volume, net, step=step)
         return _assemble(volume, cfg, net, corr, [], t0)
 
     n_nets = sum(1 for k in bound.split if k > 0)

@@ -35,8 +35,8 @@ def _front(shape=(3, 8, 16, 16)) -> np.ndarray:
     return (np.where(x + 0.5 * y > 6 + 3 * t, 100.0, 0.0) + 0.1 * z).astype(np.float32)
 
 
-def _check_layer(original, prediction, max_error, margin=0.0):
-    corr = residual.encode(original, prediction, CHUNK, max_error, margin)
+def _check_layer(original, prediction, max_error, margin=0.0, chunk=CHUNK):
+    corr = residual.encode(original, prediction, chunk, max_error, margin)
     layer = residual.Layer(corr.meta, corr.sections, original.shape)
     full = tuple((0, s) for s in original.shape)
     out = layer.apply(prediction, full)
@@ -64,6 +64,22 @@ def test_bound_holds_on_sharp_fronts():
     smooth = np.full(original.shape, original.mean(), np.float64)  # misses the front entirely
     _check_layer(original, smooth, 0.01)
     _check_layer(original, smooth, 1e-6)  # below float32 spacing at 100: exact voxels
+
+
+def test_interpolation_and_lorenzo_chunks_both_decode_within_bound():
+    t, z, y, x = np.meshgrid(*[np.linspace(0, 1, n) for n in (2, 8, 32, 32)], indexing="ij")
+    field = (100 * (x**2 + 0.5 * y**2 - 0.3 * x * y + 0.2 * z + 0.1 * t)).astype(np.float32)
+    flat = np.full(field.shape, float(field.mean()))
+    noisy = field + np.random.default_rng(2).normal(0, 30, field.shape)
+    for prediction, bound in ((flat, 1.0), (noisy, 0.5)):
+        corr, _ = _check_layer(field, prediction, bound, chunk=field.shape)
+        layer = residual.Layer(corr.meta, corr.sections, field.shape)
+        used = set(layer.index["transform"][layer.index["method"] != 0].tolist())
+        assert used, "nothing was coded"
+        if prediction is flat:  # a smooth residual at a coarse bound: interpolation wins
+            assert max(used) >= len(residual.TRANSFORMS)
+        else:  # noise: a Lorenzo transform of the quantized values
+            assert max(used) < len(residual.TRANSFORMS)
 
 
 def test_integers_beyond_the_quantizer_store_voxels_exactly():
