@@ -93,7 +93,7 @@ def build_header(
         "source": Path(volume.source).name,
         "value_range": [lo, hi],
         "psnr": reached if math.isfinite(reached) else None,
-        "config": cfg.to_dict(),
+        "config": config_record(cfg),
         "model": model_meta,
     }
 
@@ -570,6 +570,24 @@ def write_decoded(
     )
 
 
+def config_record(cfg: Config) -> dict[str, Any]:
+    """What a header keeps of the config: the target PSNR and every non-default setting."""
+    return {"psnr": cfg.psnr, **_changes(cfg.to_dict(), Config().to_dict())}
+
+
+def _changes(d: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a config dict that differ from the defaults (this version's)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            sub = _changes(v, default.get(k, {}))
+            if sub:
+                out[k] = sub
+        elif default.get(k) != v:
+            out[k] = v
+    return out
+
+
 def _json_safe(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return str(obj)
@@ -797,7 +815,7 @@ def _assemble(
     tried: list[dict[str, Any]],
     t0: float,
 ) -> tuple[bytes, Report]:
-    header = {**net.header, "config": cfg.to_dict()}
+    header = {**net.header, "config": config_record(cfg)}
     sections = dict(net.sections)
     reached = net.report.psnr
     if corr is not None:
