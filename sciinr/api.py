@@ -690,8 +690,9 @@ def _compress_with_residual(volume: Volume, cfg: Config, progress: bool) -> tupl
         if err is None:
             err = bound.rel_error * (vr if vr > 0 else max(abs(lo), 1.0))
         rms = err / math.sqrt(3)  # RMS error of a uniform quantizer of step 2 * err
-        auto = 20 * math.log10(vr / rms) if vr > 0 else 40.0
-        net_psnr = bound.network_psnr or min(140.0, max(10.0, auto))
+        auto = 20 * math.log10(vr / rms) if vr > 0 else cfg.psnr
+        # networks train to the PSNR target, or to the bound's own PSNR where that is lower
+        net_psnr = bound.network_psnr or min(cfg.psnr, max(10.0, auto))
     else:
         err = None
         net_psnr = bound.network_psnr or cfg.psnr

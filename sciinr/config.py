@@ -206,8 +206,8 @@ class BoundConfig:
     network_psnr: float | None = field(
         default=None,
         metadata={
-            "help": "PSNR the networks train to under a bound or ratio "
-            "(default: the bound's PSNR; the PSNR target under --ratio)"
+            "help": "PSNR the networks train to under a bound or ratio (default: the PSNR "
+            "target, or the bound's PSNR (RMS error E / sqrt 3) where that is lower)"
         },
     )
     split: tuple[int, ...] = field(
