@@ -7,6 +7,7 @@ Each size runs in its own subprocess (so peak memory is per size), on the first 
     python benchmarks/speed.py --steps 99 --psnr 40.6  # the ECNR comparison (PEERS.md)
     python benchmarks/speed.py --threads 1             # one core (steadier on a shared box)
     python benchmarks/speed.py --profile 40            # torch.profiler op table: train, decode
+    python benchmarks/speed.py --fit-only --sciinr-root /tmp/old   # fit stage of another checkout
 
 Per size it reports: encode seconds (the whole ``compress`` pipeline), fit steps and training
 samples/s of the first ``fit`` call, steady-state training samples/s of one batched
@@ -36,7 +37,6 @@ from pathlib import Path
 import h5py
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # measure the sciinr of this checkout, not another installed one
 DATA = ROOT.parent / "shared" / "data" / "vf_run01.h5"
 OUT = Path(__file__).resolve().parent / "results" / "vf_run01" / "speed.json"
 
@@ -205,6 +205,45 @@ def run_case(n_steps: int, psnr_db: float, sets: list[str]) -> dict:
     }
 
 
+def fit_only_case(n_steps: int, psnr_db: float, sets: list[str]) -> dict:
+    """Time the fit stage alone to the target (public stage functions only, so that any
+    checkout of sciinr can be measured with ``--sciinr-root``)."""
+    import sciinr
+    from sciinr.metrics import rmse_for_psnr
+    from sciinr.stages import cluster, fit, partition, read
+
+    load0 = os.getloadavg()
+    with h5py.File(DATA) as fh:
+        field = fh["density"][:n_steps]
+    cfg = sciinr.Config().replace(psnr=psnr_db, **_changes(sets))
+    volume = read.read(field)
+    lo, hi = volume.value_range
+    blocks = partition.partition(volume, cfg.partition, rmse_for_psnr(psnr_db, hi - lo))
+    assignment = cluster.cluster(blocks, cfg.cluster, seed=cfg.seed)
+    fitted, wall, cpu = _timed(
+        lambda: fit.fit(
+            blocks, assignment, cfg.fit, target_psnr=psnr_db, value_range=hi - lo, seed=cfg.seed
+        )
+    )
+    return {
+        "steps": n_steps,
+        "n_nets": assignment.n_nets,
+        "fit_steps": fitted.steps,
+        "psnr": fitted.psnr,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "load_before": load0[0],
+        "load_after": os.getloadavg()[0],
+    }
+
+
+def _fit_row(r: dict) -> str:
+    return (
+        f"| {r['steps']} | {r['n_nets']} | {r['fit_steps']} | {r['wall_s']:.1f} "
+        f"| {r['cpu_s']:.1f} | {r['psnr']:.2f} | {r['load_before']:.1f} / {r['load_after']:.1f} |"
+    )
+
+
 def _row(r: dict) -> str:
     return (
         f"| {r['steps']} | {r['voxels'] / 1e6:.1f} M | {r['fitted_blocks']} / {r['n_nets']} "
@@ -232,8 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], help="Config change KEY=VALUE")
     p.add_argument("--out", type=Path, default=OUT, help=f"JSON output (default: {OUT})")
     p.add_argument("--profile", type=int, metavar="T", help="print op profiles for T steps")
+    p.add_argument("--fit-only", action="store_true", help="time the fit stage alone")
+    p.add_argument(
+        "--sciinr-root", type=Path, default=ROOT, help="checkout whose sciinr is measured"
+    )
     p.add_argument("--case", type=int, help=argparse.SUPPRESS)  # internal: one size, JSON out
     args = p.parse_args(argv)
+    sys.path.insert(0, str(args.sciinr_root.resolve()))  # not an installed sciinr elsewhere
     if args.threads:
         import torch
 
@@ -242,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         profile_case(args.profile, args.psnr, args.set)
         return 0
     if args.case is not None:
-        print(json.dumps(run_case(args.case, args.psnr, args.set)))
+        case = fit_only_case if args.fit_only else run_case
+        print(json.dumps(case(args.case, args.psnr, args.set)))
         return 0
     if not DATA.exists():
         print(f"{DATA} not found")
@@ -251,13 +296,20 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for n in [int(s) for s in args.steps.split(",")]:
         cmd = [sys.executable, __file__, "--case", str(n), "--psnr", str(args.psnr)]
-        cmd += ["--threads", str(args.threads)] + [f"--set={s}" for s in args.set]
+        cmd += ["--threads", str(args.threads), "--sciinr-root", str(args.sciinr_root)]
+        cmd += [f"--set={s}" for s in args.set] + (["--fit-only"] if args.fit_only else [])
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode:
             print(res.stderr[-3000:])
             return res.returncode
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-        print(_row(rows[-1]), flush=True)
+        print((_fit_row if args.fit_only else _row)(rows[-1]), flush=True)
+    if args.fit_only:
+        print("\n| T | networks | fit steps | fit s wall | fit s CPU | PSNR dB | load |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(_fit_row(r))
+        return 0
 
     rev = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
