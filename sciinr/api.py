@@ -433,7 +433,9 @@ def _read_source(source: Any) -> tuple[bytes, str]:
             raise InputError(f"{path}: no such file")
         if not path.is_file():
             raise InputError(f"{path}: not a regular file")
-        return path.read_bytes(), str(path)
+        with path.open("rb") as fh:  # a large file that is not a .sinr is not read whole
+            head = fh.read(len(container.MAGIC))
+            return (head + fh.read() if head == container.MAGIC else head), str(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
