@@ -6,6 +6,7 @@ decompress: container -> encode (inverse) -> decode (only the blocks asked for)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -21,9 +22,20 @@ import torch
 from ._version import __version__
 from .config import Config
 from .errors import ConfigError, FormatError, InputError
-from .metrics import bits_per_value, psnr, ratio, rmse_for_psnr
+from .metrics import bits_per_value, psnr, psnr_from_mse, ratio, rmse_for_psnr
 from .payloads import Model, Volume
-from .stages import cluster, container, decode, encode, fit, partition, read, shrink, write
+from .stages import (
+    cluster,
+    container,
+    decode,
+    encode,
+    fit,
+    partition,
+    read,
+    residual,
+    shrink,
+    write,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +53,8 @@ class Report:
     n_trivial: int
     fit_steps: int
     sections: dict[str, int] = field(default_factory=dict)
+    max_error: float | None = None  # guaranteed at every voxel (residual layer), else None
+    residual_bytes: int = 0  # bytes of the residual layer (issue 7)
 
     @property
     def ratio(self) -> float:
@@ -79,13 +93,15 @@ def build_header(
         "source": Path(volume.source).name,
         "value_range": [lo, hi],
         "psnr": reached if math.isfinite(reached) else None,
-        "config": cfg.to_dict(),
+        "config": config_record(cfg),
         "model": model_meta,
     }
 
 
 def compress_volume(volume: Volume, cfg: Config, progress: bool = False) -> tuple[bytes, Report]:
     """Run the whole pipeline on a volume; returns the ``.sinr`` bytes and a :class:`Report`."""
+    if cfg.bound.target is not None or cfg.bound.psnr_topup:  # issue 7: see the end of file
+        return _compress_with_residual(volume, cfg, progress)
     t0 = time.perf_counter()
     lo, hi = volume.value_range
     value_range = hi - lo
@@ -152,6 +168,9 @@ def compress(
     device: str | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    max_error: float | None = None,
+    rel_error: float | None = None,
+    ratio: float | None = None,
 ) -> bytes | Path:
     """Compress a field.
 
@@ -177,6 +196,12 @@ def compress(
         Replace an existing ``out``.
     progress : bool, default: False
         Show a progress bar.
+    max_error : float, optional
+        Guarantee ``|original - decoded| <= max_error`` at every voxel (a residual layer).
+    rel_error : float, optional
+        The same bound as a fraction of the value range (max - min).
+    ratio : float, optional
+        Aim at this compression ratio (within 5 %) with the best PSNR reachable.
 
     Returns
     -------
@@ -198,6 +223,9 @@ def compress(
     (2, 8, 8, 8)
     """
     cfg = resolve_config(config, psnr, device)
+    bounds = {"max_error": max_error, "rel_error": rel_error, "ratio": ratio}
+    if any(v is not None for v in bounds.values()):
+        cfg = cfg.replace(**{f"bound.{k}": v for k, v in bounds.items()})
     if out is not None:
         write.check_destination(Path(out), overwrite)
     volume = read.read(data, var=var, time_dim=time_dim, dims=dims)
@@ -245,6 +273,13 @@ class SinrArray:
         self.variable: str = h["variable"]
         self.psnr: float | None = h.get("psnr")
         self._model: Model | None = None
+        self._residual: residual.Layer | None = None  # issue 7: error-bounded files
+        if "residual" in h:
+            try:
+                self._residual = residual.Layer(h["residual"], self._sections, self._shape4)
+            except FormatError as exc:
+                raise FormatError(f"{self.source}: {exc}") from None
+        self.max_error = self._residual.max_error if self._residual is not None else None
         self._device = device
 
     @property
@@ -296,7 +331,12 @@ class SinrArray:
         if n * (4 + self.dtype.itemsize) > _physical_memory():
             raise too_big
         try:
-            internal = decode.decode(model, tuple(region), device=self._resolve_device())
+            if self._residual is not None:  # issue 7: float64 prediction + residual layer
+                internal = residual.decode_region(
+                    model, self._residual, tuple(region), device=self._resolve_device()
+                )
+            else:
+                internal = decode.decode(model, tuple(region), device=self._resolve_device())
         except MemoryError:
             raise too_big from None
         if not np.isfinite(internal).all():  # e.g. crafted parameters that overflow float32
@@ -509,6 +549,7 @@ def info(source: bytes | str | Path) -> dict[str, Any]:
             "omega0": arr.net.omega0,
         },
         "sections": {k: len(v) for k, v in arr._sections.items()},
+        **_residual_info(h.get("residual"), arr),
         "attrs": arr.attrs,
     }
 
@@ -531,6 +572,24 @@ def write_decoded(
     )
 
 
+def config_record(cfg: Config) -> dict[str, Any]:
+    """What a header keeps of the config: the target PSNR and every non-default setting."""
+    return {"psnr": cfg.psnr, **_changes(cfg.to_dict(), Config().to_dict())}
+
+
+def _changes(d: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a config dict that differ from the defaults (this version's)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            sub = _changes(v, default.get(k, {}))
+            if sub:
+                out[k] = sub
+        elif default.get(k) != v:
+            out[k] = v
+    return out
+
+
 def _json_safe(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return str(obj)
@@ -539,3 +598,376 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_json_safe(v) for v in obj]
     return obj
+
+
+# ----------------------------------------------------------------------------- issue 7
+# Error bounds, ratio target and PSNR top-up. The network pipeline above runs unchanged
+# (compress_volume with the bound switched off); its file gets a residual layer
+# (stages/residual.py) added to it. Under a bound or a ratio, a few network sizes are tried
+# (``bound.split``) and the smallest file (best PSNR for a ratio) is kept.
+
+RATIO_TOLERANCE = 0.05
+
+
+@dataclass
+class _Network:
+    """One network-only file of the pipeline, unpacked, with its float64 prediction."""
+
+    split: int | None  # network size (bound.split entry); None: the configured network
+    header: dict[str, Any]
+    sections: dict[str, bytes]
+    report: Report
+    model: Model
+    prediction: np.ndarray  # (T, Z, Y, X) float64
+    margin: float  # residual.prediction_margin of the model
+    chunk: tuple[int, int, int, int]  # residual chunk: the block, or bound.chunk without networks
+
+    @property
+    def n_bytes(self) -> int:
+        return self.report.n_bytes
+
+
+def _network(volume: Volume, cfg: Config, split: int | None, progress: bool) -> _Network:
+    blob, report = compress_volume(volume, cfg, progress=progress)
+    header, sections = container.unpack(blob)
+    model = encode.decode_model(header["model"], sections)
+    pred = residual.predict(model, device=fit.resolve_device(cfg.fit.device))
+    chunk = cfg.bound.chunk if split == 0 else model.block
+    margin = residual.prediction_margin(model)
+    return _Network(split, header, sections, report, model, pred, margin, tuple(chunk))
+
+
+def _network_config(
+    plain: Config, split: int, net_psnr: float, n_nets: int, shape4: tuple[int, ...]
+) -> Config:
+    """The pipeline's config for one network size.
+
+    ``split`` 0: no networks; one block (the whole field, up to 4096 per axis) stored as its
+    mid-value, so the residual is the field itself, smooth across chunks.
+    """
+    if split == 0:
+        return plain.replace(
+            psnr=10.0,
+            **{
+                "partition.trivial_fraction": 10.0,
+                "partition.block": tuple(min(int(s), 4096) for s in shape4),
+            },
+        )
+    return plain.replace(
+        psnr=net_psnr,
+        **{
+            "cluster.blocks_per_net": min(4096, plain.cluster.blocks_per_net * split),
+            "fit.max_seconds": plain.fit.max_seconds / max(1, n_nets),
+        },
+    )
+
+
+def _compress_with_residual(volume: Volume, cfg: Config, progress: bool) -> tuple[bytes, Report]:
+    t0 = time.perf_counter()
+    bound = cfg.bound
+    lo, hi = volume.value_range
+    vr = hi - lo
+    plain = cfg.replace(  # the network pipeline alone
+        bound=dataclasses.replace(
+            bound, max_error=None, rel_error=None, ratio=None, psnr_topup=False
+        )
+    )
+    if bound.target is None:  # PSNR target: close the gap when the networks fall short
+        net = _network(volume, plain, None, progress)
+        reached = net.report.psnr
+        if not bound.psnr_topup or not math.isfinite(reached) or reached >= cfg.psnr:
+            return _assemble(volume, cfg, net, None, [], t0)
+        step = _step_for_psnr(volume.data, net.prediction, cfg.psnr, vr)
+        corr = _residual(volume, net, step=step)
+        for _ in range(20):  # chunks coded by interpolation may err a little more: tighten
+            if psnr_from_mse(corr.sse / volume.data.size, vr) >= cfg.psnr:
+                break
+            step *= 0.98
+            corr = _residual(volume, net, step=step)
+        return _assemble(volume, cfg, net, corr, [], t0)
+
+    n_nets = sum(1 for k in bound.split if k > 0)
+    if bound.target == "max_error":
+        err = bound.max_error
+        if err is None:
+            err = bound.rel_error * (vr if vr > 0 else max(abs(lo), 1.0))
+        rms = err / math.sqrt(3)  # RMS error of a uniform quantizer of step 2 * err
+        auto = 20 * math.log10(vr / rms) if vr > 0 else cfg.psnr
+        # networks train to the PSNR target, or to the bound's own PSNR where that is lower
+        net_psnr = bound.network_psnr or min(cfg.psnr, max(10.0, auto))
+    else:
+        err = None
+        net_psnr = bound.network_psnr or cfg.psnr
+    best: tuple[float, _Network, residual.Correction | None] | None = None
+    tried: list[dict[str, Any]] = []
+    for split in bound.split:
+        net_cfg = _network_config(plain, split, net_psnr, n_nets, volume.data.shape)
+        net = _network(volume, net_cfg, split, progress)
+        if err is not None:
+            corr: residual.Correction | None = _residual(volume, net, max_error=err)
+        else:
+            fits, corr, smallest = _residual_for_ratio(volume, cfg, net, bound.ratio)
+            if not fits:
+                tried.append({"split": split, "network_bytes": net.n_bytes, "smallest": smallest})
+                continue
+        res_bytes = corr.n_bytes if corr is not None else 0
+        p = psnr_from_mse(corr.sse / volume.data.size, vr) if corr else net.report.psnr
+        tried.append(
+            {
+                "split": split,
+                "network_bytes": net.n_bytes,
+                "residual_bytes": res_bytes,
+                "psnr": p if math.isfinite(p) else None,
+            }
+        )
+        logger.info(
+            "split %d: network %d + residual %d bytes, PSNR %.2f", split, net.n_bytes, res_bytes, p
+        )
+        score = net.n_bytes + res_bytes if err is not None else -p
+        if best is None or score < best[0]:
+            best = (score, net, corr)
+        del net, corr  # the losers' predictions are freed
+    if best is None:
+        smallest = min(t["smallest"] for t in tried)
+        raise ConfigError(
+            f"ratio {bound.ratio} is out of reach for {volume.variable}: the smallest file "
+            f"tried has ratio {ratio(volume.data.size, smallest):.1f}"
+        )
+    return _assemble(volume, cfg, best[1], best[2], tried, t0)
+
+
+def _residual(
+    volume: Volume,
+    net: _Network,
+    *,
+    max_error: float | None = None,
+    step: float | None = None,
+    verify: bool = True,
+) -> residual.Correction:
+    peak = float(np.abs(volume.data).max())
+    if max_error is None:
+        max_error = residual.max_error_for(step, peak)
+    chunk = net.chunk
+    return residual.encode(
+        volume.data,
+        net.prediction,
+        chunk,
+        max_error,
+        net.margin,
+        step=step,
+        verify=verify,
+    )
+
+
+def _step_for_psnr(original: np.ndarray, prediction: np.ndarray, target: float, vr: float) -> float:
+    """Largest residual step whose reconstruction reaches ``target`` dB (bisection, log scale)."""
+    goal = original.size * vr**2 * 10 ** (-(target + 0.01) / 10)
+    lo_s = rmse_for_psnr(target, vr) * 1e-2  # reaches the target (error ~ step / sqrt(12))
+    hi_s = 2.0 * float(np.abs(original - prediction).max()) + lo_s  # all zeros: falls short
+    for _ in range(24):
+        mid = math.sqrt(lo_s * hi_s)
+        if residual.squared_error(original, prediction, mid) <= goal:
+            lo_s = mid
+        else:
+            hi_s = mid
+    return lo_s
+
+
+def _residual_for_ratio(
+    volume: Volume, cfg: Config, net: _Network, target: float
+) -> tuple[bool, residual.Correction | None, int]:
+    """The residual with the smallest step whose file stays within 5 % of the ratio.
+
+    Returns (fits, residual or None for the networks alone, smallest file size in bytes).
+    """
+    budget = 4.0 * volume.data.size / target
+    top = budget * (1 + RATIO_TOLERANCE)
+    lo, hi = volume.value_range
+
+    def size(step: float) -> int:
+        corr = _residual(volume, net, step=step, verify=False)
+        return len(_assemble(volume, cfg, net, corr, [], 0.0)[0])
+
+    hi_s = 2.0 * float(np.abs(volume.data - net.prediction).max()) + (hi - lo) * 2**-20
+    lo_s = max(hi - lo, float(np.abs(volume.data).max()) * 2**-20) * 2**-22
+    coarsest = size(hi_s)
+    if coarsest > top:  # even an all-zero residual is too big: the networks alone, if they fit
+        alone = budget * (1 - RATIO_TOLERANCE) <= net.n_bytes <= top
+        return alone, None, min(coarsest, net.n_bytes)
+    if size(lo_s) <= top:
+        best = lo_s
+    else:
+        best = hi_s
+        for _ in range(16):
+            mid = math.sqrt(lo_s * hi_s)
+            n_mid = size(mid)
+            if n_mid <= budget * (1 + RATIO_TOLERANCE * 0.8):
+                hi_s = best = mid
+                if n_mid >= budget * (1 - RATIO_TOLERANCE * 0.8):
+                    break
+            else:
+                lo_s = mid
+    return True, _residual(volume, net, step=best), coarsest
+
+
+def _assemble(
+    volume: Volume,
+    cfg: Config,
+    net: _Network,
+    corr: residual.Correction | None,
+    tried: list[dict[str, Any]],
+    t0: float,
+) -> tuple[bytes, Report]:
+    header = {**net.header, "config": config_record(cfg)}
+    sections = dict(net.sections)
+    reached = net.report.psnr
+    if corr is not None:
+        lo, hi = volume.value_range
+        reached = psnr_from_mse(corr.sse / volume.data.size, hi - lo)
+        header["psnr"] = reached if math.isfinite(reached) else None
+        header["residual"] = {
+            **corr.meta,
+            "mode": cfg.bound.target or "psnr",
+            "network_bytes": net.n_bytes,
+            "residual_bytes": corr.n_bytes,
+            "network_psnr": net.report.psnr if math.isfinite(net.report.psnr) else None,
+            "split": net.split,
+            "tried": tried,
+        }
+        sections.update(corr.sections)
+    blob = container.pack(header, sections)
+    report = dataclasses.replace(
+        net.report,
+        n_bytes=len(blob),
+        psnr=reached,
+        seconds=time.perf_counter() - t0,
+        sections={k: len(v) for k, v in sections.items()},
+        max_error=corr.max_error if corr is not None else None,
+        residual_bytes=corr.n_bytes if corr is not None else 0,
+    )
+    if corr is not None:
+        logger.info(
+            "residual layer: max error %.6g, %d + %d bytes (network + residual), %d exact voxels",
+            corr.max_error,
+            net.n_bytes,
+            corr.n_bytes,
+            corr.n_exact,
+        )
+    return blob, report
+
+
+def _residual_info(meta: Any, arr: SinrArray) -> dict[str, Any]:
+    """``info()`` entries of a residual layer: the guarantee and the network/residual split."""
+    if arr._residual is None or not isinstance(meta, dict):
+        return {"max_error": None}
+    layer = arr._residual
+    return {
+        "max_error": layer.max_error,
+        "rel_error": (
+            layer.max_error / (arr.header["value_range"][1] - arr.header["value_range"][0])
+            if _range_ok(arr.header.get("value_range"))
+            else None
+        ),
+        "residual": {
+            "mode": meta.get("mode"),
+            "step": layer.step,
+            "exact_voxels": layer.n_exact,
+            "network_bytes": meta.get("network_bytes"),
+            "residual_bytes": meta.get("residual_bytes"),
+            "network_psnr": meta.get("network_psnr"),
+            "split": meta.get("split"),
+        },
+    }
+
+
+def _range_ok(vr: Any) -> bool:
+    return (
+        isinstance(vr, list)
+        and len(vr) == 2
+        and all(isinstance(v, int | float) for v in vr)
+        and vr[1] > vr[0]
+    )
+
+
+def verify(
+    volume: Volume, arr: SinrArray, *, time: int | None = None, each_step: bool = False
+) -> dict[str, Any]:
+    """Decode a ``.sinr`` file and compare it with its original (``sciinr verify``).
+
+    Parameters
+    ----------
+    volume : Volume
+        The original field, as :func:`sciinr.stages.read.read` gives it (float32).
+    arr : SinrArray
+        The opened file.
+    time : int, optional
+        Verify only this time step, decoded alone (default: the whole field).
+    each_step : bool, default: False
+        Also decode every time step alone and check the bound on each.
+
+    Returns
+    -------
+    dict
+        ``max_error``, ``max_error_relative`` (to the original's value range), ``psnr``,
+        ``ratio``, ``guaranteed`` (the stored bound or None), ``failures`` (broken
+        guarantees: a max error above the stored bound, a PSNR below the stored PSNR).
+
+    Raises
+    ------
+    InputError
+        The original's shape differs from the file's, or a bad time step.
+    """
+    if tuple(volume.orig_shape) != tuple(arr.shape):
+        raise InputError(
+            f"{volume.source}: shape {tuple(volume.orig_shape)} differs from the shape "
+            f"{arr.shape} stored in {arr.source}"
+        )
+    lo, hi = volume.value_range
+    vr = hi - lo
+    orig = volume.data.reshape(volume.orig_shape)
+    clock = _clock()
+    if time is not None:
+        if not arr.has_time:
+            raise InputError(f"{arr.source}: the field has no time axis (dims {arr.dims})")
+        if not -arr.shape[0] <= time < arr.shape[0]:
+            raise InputError(f"time step {time} is out of range (the field has {arr.shape[0]})")
+        decoded, ref, what = arr[time], orig[time], f"time step {time % arr.shape[0]}"
+    else:
+        decoded, ref, what = arr[...], orig, "full field"
+    seconds = _clock() - clock
+    diff = ref.astype(np.float64) - decoded.astype(np.float64)
+    err = float(np.abs(diff).max()) if diff.size else 0.0
+    p = psnr_from_mse(float(np.mean(np.square(diff))), vr)
+    failures: list[str] = []
+    if arr.max_error is not None and err > arr.max_error:
+        failures.append(f"max error {err:.6g} > guaranteed {arr.max_error:.6g} ({what})")
+    if time is None and arr.psnr is not None and p < arr.psnr - 0.01:
+        failures.append(f"PSNR {p:.3f} dB < stored {arr.psnr:.3f} dB")
+    steps = None
+    if each_step and arr.has_time:
+        worst = 0.0
+        for t in range(arr.shape[0]):
+            e = float(np.abs(orig[t].astype(np.float64) - arr[t]).max())
+            worst = max(worst, e)
+            if arr.max_error is not None and e > arr.max_error:
+                failures.append(f"max error {e:.6g} > guaranteed {arr.max_error:.6g} (step {t})")
+        steps = {"n": arr.shape[0], "max_error": worst}
+    return {
+        "file": arr.source,
+        "decoded": what,
+        "max_error": err,
+        "max_error_relative": err / vr if vr > 0 else None,
+        "guaranteed": arr.max_error,
+        "psnr": p,
+        "stored_psnr": arr.psnr,
+        "ratio": ratio(math.prod(arr.shape), arr.nbytes_file),
+        "steps": steps,
+        "seconds": seconds,
+        "device": str(arr._resolve_device()),
+        "checked": arr.max_error is not None or (time is None and arr.psnr is not None),
+        "failures": failures,
+    }
+
+
+def _clock() -> float:
+    return time.perf_counter()  # ``time`` is shadowed by an argument in verify()

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import api
 from ._version import __version__
-from .config import Config
+from .config import BoundConfig, Config
 from .errors import OutputError, SciinrError
 
 logger = logging.getLogger("sciinr")
@@ -86,7 +86,7 @@ def _config_from_args(args: argparse.Namespace) -> Config:
         changes["psnr"] = args.psnr
     if args.seed is not None:
         changes["seed"] = args.seed
-    return Config().replace(**changes)
+    return _bound_from_args(args, Config().replace(**changes))
 
 
 def _print_report(
@@ -101,6 +101,12 @@ def _print_report(
     )
     print(f"{'bits/value':<16}{report.bits_per_value:.4f}")
     print(f"{'PSNR':<16}{report.psnr:.2f} dB (stored)")
+    if report.max_error is not None:  # issue 7: residual layer
+        print(f"{'max error':<16}{report.max_error:.6g} (guaranteed at every value)")
+        print(
+            f"{'split':<16}{report.n_bytes - report.residual_bytes} bytes networks and header"
+            f" + {report.residual_bytes} bytes residual"
+        )
     if decoded_psnr is not None:
         print(f"{'PSNR check':<16}{decoded_psnr:.2f} dB (measured after decompression)")
     print(f"{'networks':<16}{report.n_nets} ({report.n_blocks} blocks, {report.n_trivial} trivial)")
@@ -168,6 +174,80 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(psnr_db=args.psnr, device=args.device, progress=not args.quiet)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run as bench_run
+
+    command = bench_run.command_line("sciinr bench", args)
+    progress = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    bench_run.run(args, command, echo=print, progress=progress)
+    return 0
+
+
+# ----------------------------------------------------------------------------- issue 7
+
+
+def _add_bound_flags(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group(
+        "error bounds and rate (a residual layer; give at most one of these three)"
+    )
+    b = BoundConfig()
+    group.add_argument(
+        "--max-error", type=float, metavar="E", help="|original - decoded| <= E at every value"
+    )
+    group.add_argument(
+        "--rel-error",
+        type=float,
+        metavar="R",
+        help="|original - decoded| <= R * (max - min) at every value",
+    )
+    group.add_argument(
+        "--ratio", type=float, metavar="R", help="compression ratio R within 5%% (best PSNR)"
+    )
+    group.add_argument(
+        "--split",
+        type=lambda v: tuple(int(x) for x in v.split(",")),
+        metavar="K,K",
+        help=f"network sizes tried under a bound or ratio: 0 = none, k = k times blocks per "
+        f"network; smallest file wins (default: {','.join(map(str, b.split))})",
+    )
+
+
+def _bound_from_args(args: argparse.Namespace, cfg: Config) -> Config:
+    changes: dict[str, Any] = {}
+    for name in ("max_error", "rel_error", "ratio", "split"):
+        value = getattr(args, name, None)
+        if value is not None:
+            changes[f"bound.{name}"] = value
+    bounded = any(getattr(args, n, None) is not None for n in ("max_error", "rel_error", "ratio"))
+    if bounded and args.psnr is not None:  # with a bound, --psnr is the networks' target
+        changes["bound.network_psnr"] = args.psnr
+    return cfg.replace(**changes) if changes else cfg
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    arr = api.open(args.input, device=args.device)
+    time_dim = args.time_dim or (arr.dims[0] if arr.has_time else "none")
+    volume = api.read.read(args.original, var=args.var or arr.variable, time_dim=time_dim)
+    result = api.verify(volume, arr, time=args.time, each_step=args.each_step)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key in ("file", "decoded", "max_error", "max_error_relative", "guaranteed"):
+            print(f"{key:<20}{result[key]}")
+        print(f"{'psnr':<20}{result['psnr']:.3f} dB (stored: {result['stored_psnr']})")
+        print(f"{'ratio':<20}{result['ratio']:.2f}x")
+        if result["steps"] is not None:
+            print(f"{'each step alone':<20}worst max error {result['steps']['max_error']}")
+        print(f"{'decode':<20}{result['seconds']:.2f} s on {result['device']}")
+    if result["failures"]:
+        for failure in result["failures"]:
+            print(f"sciinr: verify FAILED: {failure}", file=sys.stderr)
+        return 1
+    if not args.json:
+        print("verify OK" if result["checked"] else "verify OK (the file stores no guarantee)")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with usage errors on one line (exit code 2), like sciinr's own errors."""
 
@@ -198,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-dim", help="name of the time dimension, or 'none' for a static field")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     _add_config_flags(p)
+    _add_bound_flags(p)
     common(p)
     p.set_defaults(func=cmd_compress)
 
@@ -226,6 +307,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
+        "verify",
+        help="decode a .sinr file and compare it with the original",
+        description="Decode a .sinr file and report max error, max error / value range, PSNR "
+        "and ratio against the original. Exits with 1 if the file's stored guarantee (max "
+        "error) is violated or its stored PSNR is not reached.",
+    )
+    p.add_argument("original", help="the original HDF5, NetCDF or .npy file")
+    p.add_argument("input", help="the .sinr file")
+    p.add_argument("--var", help="variable in the original (default: the one the file names)")
+    p.add_argument("--time-dim", help="time dimension of the original (default: as the file)")
+    p.add_argument("--time", type=int, help="verify this time step, decoded alone")
+    p.add_argument(
+        "--each-step", action="store_true", help="also decode every time step alone and check it"
+    )
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    common(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
         "demo",
         help="compress the bundled real excerpt and report",
         description="Compress the viscous-fingering excerpt that ships with "
@@ -235,6 +336,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     common(p)
     p.set_defaults(func=cmd_demo)
+
+    from .bench.run import add_arguments as add_bench_arguments
+
+    p = sub.add_parser(
+        "bench",
+        help="rate-distortion benchmark against SZ3, ZFP, TTHRESH, SPERR, fpzip, zstd",
+        description="Sweep sciinr and the baselines on one field; write CSV, PNG, JSON and a "
+        "summary (ratio at 40/50/60 dB) to benchmarks/results/<dataset>/.",
+    )
+    add_bench_arguments(p)
+    common(p)
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -8,6 +8,7 @@ into each file's header and ``from_dict()`` reads it back.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,20 +81,31 @@ class FitConfig:
     depth: int = field(default=2, metadata={"help": "hidden layers after the first one"})
     latent_dim: int = field(default=8, metadata={"help": "length of each block's latent code"})
     omega0: float = field(default=30.0, metadata={"help": "SIREN frequency factor"})
-    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate at the start"})
+    lr: float = field(default=2e-3, metadata={"help": "Adam learning rate at the start"})
     samples_per_net: int = field(
-        default=2048, metadata={"help": "random samples per network in one training step"}
+        default=512, metadata={"help": "random samples per network in one training step"}
     )
     max_steps: int = field(default=20000, metadata={"help": "training steps at most"})
     max_seconds: float = field(default=900.0, metadata={"help": "training time budget, seconds"})
     eval_every: int = field(
-        default=250, metadata={"help": "steps between exact PSNR evaluations of the whole field"}
+        default=250,
+        metadata={
+            "help": "steps between periodic exact PSNR evaluations of the whole field (also "
+            "run when the running estimate nears the target; at most a tenth of the time)"
+        },
     )
     margin_db: float = field(
         default=0.3, metadata={"help": "train this many dB above the target before stopping"}
     )
     device: str = field(
         default="auto", metadata={"help": "auto | cpu | cuda (auto: cuda if present)"}
+    )
+    compile: str = field(
+        default="off",
+        metadata={
+            "help": "on | off: fuse the training step with torch.compile (warm-up costs "
+            "seconds; falls back to eager if compiling fails)"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -110,6 +122,9 @@ class FitConfig:
         _check(
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
             f"fit.device must be auto, cpu or cuda, got {self.device!r}",
+        )
+        _check(
+            self.compile in ("on", "off"), f"fit.compile must be on or off, got {self.compile!r}"
         )
 
 
@@ -133,11 +148,11 @@ class ShrinkConfig:
         metadata={"help": "how much a network's block error raises its weights' importance"},
     )
     keep_db: float = field(
-        default=0.15,
+        default=0.4,
         metadata={"help": "a pruning step is undone when the PSNR falls below target + this"},
     )
     bits: int = field(
-        default=5,
+        default=6,
         metadata={"help": "bits per shared weight index (0: float16 weights, no sharing)"},
     )
     max_bits: int = field(
@@ -168,6 +183,91 @@ class ShrinkConfig:
 
 
 @dataclass(frozen=True)
+class BoundConfig:
+    """Error bounds and rate control: a residual layer on top of the networks.
+
+    At most one of ``max_error``, ``rel_error`` and ``ratio`` may be set. With none of them,
+    a file whose networks fall short of the PSNR target gets a residual that closes the gap
+    (``psnr_topup``).
+    """
+
+    max_error: float | None = field(
+        default=None,
+        metadata={"help": "bound |original - decoded| at every voxel by this (original units)"},
+    )
+    rel_error: float | None = field(
+        default=None,
+        metadata={"help": "bound |original - decoded| by this fraction of the value range"},
+    )
+    ratio: float | None = field(
+        default=None,
+        metadata={"help": "aim at this compression ratio (within 5 percent) with the best PSNR"},
+    )
+    network_psnr: float | None = field(
+        default=None,
+        metadata={
+            "help": "PSNR the networks train to under a bound or ratio (default: the PSNR "
+            "target, or the bound's PSNR (RMS error E / sqrt 3) where that is lower)"
+        },
+    )
+    split: tuple[int, ...] = field(
+        default=(0, 1, 4),
+        metadata={
+            "help": "network sizes tried under a bound or ratio, the smallest file wins: "
+            "0 = no networks, k = k times blocks per network (fewer, shared networks)"
+        },
+    )
+    chunk: tuple[int, int, int, int] = field(
+        default=(8, 64, 64, 64),
+        metadata={
+            "help": "residual chunk (t, z, y, x) of a file without networks, the unit of "
+            "region decoding (with networks: the block)"
+        },
+    )
+    psnr_topup: bool = field(
+        default=True,
+        metadata={"help": "when the networks fall short of the PSNR target, add a residual"},
+    )
+
+    def __post_init__(self) -> None:
+        given = [n for n in ("max_error", "rel_error", "ratio") if getattr(self, n) is not None]
+        _check(len(given) <= 1, f"give at most one of max_error, rel_error, ratio (got {given})")
+        for name in given:
+            v = getattr(self, name)
+            _check(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
+                f"bound.{name} must be a number, got {v!r}",
+            )
+        _check(self.max_error is None or self.max_error > 0, "bound.max_error must be > 0")
+        _check(
+            self.rel_error is None or 0 < self.rel_error < 1, "bound.rel_error must be in (0, 1)"
+        )
+        _check(self.ratio is None or 1 < self.ratio <= 1e7, "bound.ratio must be in (1, 1e7]")
+        _check(
+            self.network_psnr is None or 10 <= self.network_psnr <= 140,
+            "bound.network_psnr must be between 10 and 140 dB",
+        )
+        _check(
+            len(self.split) >= 1
+            and len(set(self.split)) == len(self.split)
+            and all(type(k) is int and 0 <= k <= 4096 for k in self.split),
+            f"bound.split must be distinct integers in 0..4096, got {self.split}",
+        )
+        _check(
+            len(self.chunk) == 4 and all(type(c) is int and 1 <= c <= 1 << 16 for c in self.chunk),
+            f"bound.chunk needs 4 sizes in 1..65536, got {self.chunk}",
+        )
+        _check(isinstance(self.psnr_topup, bool), "bound.psnr_topup must be true or false")
+
+    @property
+    def target(self) -> str | None:
+        """``"max_error"``, ``"ratio"`` or None (plain PSNR target)."""
+        if self.max_error is not None or self.rel_error is not None:
+            return "max_error"
+        return "ratio" if self.ratio is not None else None
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything that decides how a field is compressed.
 
@@ -180,6 +280,8 @@ class Config:
     partition, cluster, fit, shrink
         Per-stage settings: :class:`PartitionConfig`, :class:`ClusterConfig`,
         :class:`FitConfig`, :class:`ShrinkConfig`.
+    bound : BoundConfig
+        Error bound or ratio target, met by a residual layer (:class:`BoundConfig`).
     """
 
     psnr: float = field(default=40.0, metadata={"help": "target PSNR in dB over the whole field"})
@@ -188,6 +290,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     fit: FitConfig = field(default_factory=FitConfig)
     shrink: ShrinkConfig = field(default_factory=ShrinkConfig)
+    bound: BoundConfig = field(default_factory=BoundConfig)
 
     def __post_init__(self) -> None:
         _check(10.0 <= self.psnr <= 140.0, f"psnr must be between 10 and 140 dB, got {self.psnr}")

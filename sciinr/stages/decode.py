@@ -1,8 +1,9 @@
 """Decode stage: :class:`Model` + a region -> NumPy array.
 
 Only the blocks that intersect the region are evaluated, and of each only the voxels inside
-the region. Blocks are evaluated in batches bounded in memory, on CPU or GPU, and written
-straight into the output array.
+the region. The weights are folded once (:func:`~sciinr.nets.fold`); blocks are then evaluated
+in cache-sized batches (a few blocks, or a slice of one block's voxels) through reused buffers
+(:class:`~sciinr.nets.Workspace`), on CPU or GPU, and written straight into the output array.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from ..nets import forward_blocks, local_coords
+from ..nets import Workspace, block_bias, fold, local_coords, siren_eval
 from ..payloads import Model
 
-BATCH_ACTIVATIONS = 1 << 23  # hidden activations per batch (~32 MB in float32)
+BATCH_ACTIVATIONS = 1 << 19  # hidden activations per batch (2 MB in float32): stays in cache
 
 
 def decode(
@@ -37,6 +38,7 @@ def decode(
     )
     ids = np.ravel_multi_index(tuple(cells.T), grid)
     fit_index = np.cumsum(~model.trivial) - 1  # block id -> fitted id
+    lo_all, hi_all = model.lo, model.hi
 
     groups: dict[tuple, list[tuple[int, tuple]]] = defaultdict(list)
     for cell, bid in zip(cells, ids, strict=True):
@@ -48,29 +50,44 @@ def decode(
             local.append((a - start, e - start))
             dest.append(slice(a - region[ax][0], e - region[ax][0]))
         if model.trivial[bid]:
-            out[tuple(dest)] = (np.float64(model.lo[bid]) + model.hi[bid]) / 2
+            out[tuple(dest)] = (np.float64(lo_all[bid]) + hi_all[bid]) / 2
         else:
             groups[tuple(local)].append((int(bid), tuple(dest)))
     if not groups:
         return out
 
     dev = torch.device(device)
-    params = {k: torch.from_numpy(v).to(dev) for k, v in model.arrays.items() if k != "latents"}
-    latents = torch.from_numpy(model.arrays["latents"]).to(dev)
-    block_net = torch.from_numpy(model.block_net).to(dev)
+    net = model.net
     with torch.no_grad():
+        params = {k: torch.from_numpy(v).to(dev) for k, v in model.arrays.items() if k != "latents"}
+        latents = torch.from_numpy(model.arrays["latents"]).to(dev)
+        folded = fold(params, net)
+        block_net = torch.from_numpy(model.block_net).to(dev)
+        work = Workspace()
         for local, members in groups.items():
             coords = local_coords(block, local, dev)
             sub = tuple(e - a for a, e in local)
-            per_batch = max(1, BATCH_ACTIVATIONS // max(1, coords.shape[0] * model.net.width))
+            n_vox = coords.shape[0]
+            per = max(1, BATCH_ACTIVATIONS // max(1, net.width))  # voxels per batch
+            span = min(n_vox, per)  # voxels of one block per batch
+            per_batch = max(1, per // n_vox)  # whole blocks per batch when blocks are small
             for start in range(0, len(members), per_batch):
                 chunk = members[start : start + per_batch]
                 bids = np.array([m[0] for m in chunk])
                 fids = torch.from_numpy(fit_index[bids]).to(dev)
-                pred = forward_blocks(params, latents, model.net, block_net[fids], fids, coords)
-                pred = pred.clamp(-1.0, 1.0).double().cpu().numpy()
-                lo = model.lo[bids].astype(np.float64)[:, None]
-                half = (model.hi[bids].astype(np.float64)[:, None] - lo) / 2
+                nets = block_net[fids]
+                sel = folded.select(nets)
+                bias = block_bias(params, latents, net, nets, fids).unsqueeze(1)  # (B, 1, W)
+                if span == n_vox:
+                    pred = siren_eval(sel, bias, coords, work)
+                else:
+                    pred = torch.empty((len(chunk), n_vox), device=dev)
+                    for v0 in range(0, n_vox, span):
+                        v1 = min(n_vox, v0 + span)
+                        pred[:, v0:v1] = siren_eval(sel, bias, coords[v0:v1], work)
+                pred = pred.clamp_(-1.0, 1.0).cpu().numpy().astype(np.float64)
+                lo = lo_all[bids].astype(np.float64)[:, None]
+                half = (hi_all[bids].astype(np.float64)[:, None] - lo) / 2
                 vals = (lo + (pred + 1.0) * half).astype(np.float32)
                 for row, (_, dest) in enumerate(chunk):
                     out[dest] = vals[row].reshape(sub)
