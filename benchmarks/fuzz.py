@@ -75,7 +75,7 @@ SINGLE_SPECIAL = np.array([np.inf, -np.inf, np.nan, 3.4e38, -3.4e38, 1e-45, 0], 
 
 
 def make_seeds() -> dict[str, bytes]:
-    """Small valid files covering fitted, trivial-only, 2-D, float64 and attrs cases."""
+    """Small valid files: fitted, trivial-only, 2-D, float64, residual layers, attrs."""
     import h5py
 
     import sciinr
@@ -107,6 +107,12 @@ def make_seeds() -> dict[str, bytes]:
             (wave[:, 0] * 1e3).astype(np.float64), dims=("time", "y", "x"), config=cfg()
         ),
     }
+    seeds["residual_only"] = sciinr.compress(
+        wave, config=cfg(**{"bound.max_error": 0.05, "bound.split": (0,)})
+    )
+    seeds["residual_nets"] = sciinr.compress(
+        wave, config=cfg(**{"bound.rel_error": 0.01, "bound.split": (1,)})
+    )
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "attrs.h5"
         with h5py.File(p, "w") as fh:

@@ -65,6 +65,19 @@ def small_sinr() -> bytes:
 
 
 @pytest.fixture(scope="module")
+def residual_sinr() -> bytes:
+    """A small valid file with an error-bound residual layer and no networks."""
+    field = smooth_field(t=2, z=4, y=8, x=8)
+    cfg = _tiny_config().replace(**{"bound.max_error": 0.05, "bound.split": (0,)})
+    return sciinr.compress(field, config=cfg)
+
+
+@pytest.fixture(scope="module")
+def samples(small_sinr, residual_sinr) -> dict[str, bytes]:
+    return {"networks": small_sinr, "residual": residual_sinr}
+
+
+@pytest.fixture(scope="module")
 def constant_sinr() -> bytes:
     return sciinr.compress(np.full((3, 5, 7), 2.5, np.float32))
 
@@ -125,9 +138,10 @@ def _decode_or_format_error(blob: bytes) -> str:
 # ------------------------------------------------------------------ exhaustive corruption
 
 
-def test_every_single_byte_flip_is_detected(small_sinr):
+@pytest.mark.parametrize("sample", ["networks", "residual"])
+def test_every_single_byte_flip_is_detected(samples, sample):
     rng = np.random.default_rng(0)
-    blob = small_sinr
+    blob = samples[sample]
     assert len(blob) < 4000
     for i in range(len(blob)):
         for mask in (0xFF, int(rng.integers(1, 255))):
@@ -137,8 +151,9 @@ def test_every_single_byte_flip_is_detected(small_sinr):
                 sciinr.decompress(bytes(bad))
 
 
-def test_every_truncation_and_extension_is_detected(small_sinr):
-    blob = small_sinr
+@pytest.mark.parametrize("sample", ["networks", "residual"])
+def test_every_truncation_and_extension_is_detected(samples, sample):
+    blob = samples[sample]
     for n in range(len(blob)):
         with pytest.raises(FormatError, match=DETECTED):
             sciinr.open(blob[:n])
@@ -367,9 +382,9 @@ _FUZZ = settings(
 
 @_FUZZ
 @given(data=st.data())
-def test_fuzz_raw_bytes(small_sinr, data):
+def test_fuzz_raw_bytes(samples, data):
     """Byte replacements, insertions, deletions; half of them resealed past the CRCs."""
-    blob = bytearray(small_sinr)
+    blob = bytearray(samples[data.draw(st.sampled_from(sorted(samples)))])
     for _ in range(data.draw(st.integers(1, 4))):
         op = data.draw(st.sampled_from(["set", "insert", "delete"]))
         pos = data.draw(st.integers(0, len(blob) - 1))
@@ -388,9 +403,9 @@ def test_fuzz_raw_bytes(small_sinr, data):
 
 @_FUZZ
 @given(data=st.data())
-def test_fuzz_header_values(small_sinr, data):
+def test_fuzz_header_values(samples, data):
     """One value of the JSON header replaced (or deleted), all checksums recomputed."""
-    header, payload = _split(small_sinr)
+    header, payload = _split(samples[data.draw(st.sampled_from(sorted(samples)))])
     path = data.draw(st.sampled_from(_paths(header)))
     node = header
     for key in path[:-1]:
@@ -404,11 +419,11 @@ def test_fuzz_header_values(small_sinr, data):
 
 @_FUZZ
 @given(data=st.data())
-def test_fuzz_section_contents(small_sinr, data):
+def test_fuzz_section_contents(samples, data):
     """The decompressed content of one section changed and recompressed, checksums fixed."""
     import zstandard
 
-    header, payload = _split(small_sinr)
+    header, payload = _split(samples[data.draw(st.sampled_from(sorted(samples)))])
     sections = _sections(header, payload)
     name = data.draw(st.sampled_from(sorted(sections)))
     try:
