@@ -201,6 +201,7 @@ def test_versions(small_sinr):
         b'{"sections": [], "a": 1e999}',
         b'{"sections": [], "sections": []}',  # duplicate key
         b'{"sections": [], "a": ' + b"9" * 5000 + b"}",  # beyond int() digit limit
+        b'{"sections": [], "a": 18446744073709551616}',  # 2**64: beyond 64 bits
         b'{"sections": [], "a": "\xff"}',  # not UTF-8
         b"[]",
         b'"sections"',
@@ -330,6 +331,15 @@ def test_block_constants_that_overflow_float32_are_refused(small_sinr):
         pytest.skip("this encoder writes no block-constant grid")
     header["model"]["consts"]["step"] = 1e299
     with pytest.raises(FormatError, match="corrupted"):
+        sciinr.decompress(_reseal(header, payload))
+
+
+@pytest.mark.parametrize("key", ["max_error", "step"])
+def test_huge_integers_in_the_residual_header_are_refused(residual_sinr, key):
+    """Found while fuzzing: ``residual._meta_float`` raised OverflowError on 10**400."""
+    header, payload = _split(residual_sinr)
+    header["residual"][key] = 10**400
+    with pytest.raises(FormatError, match="corrupted header"):
         sciinr.decompress(_reseal(header, payload))
 
 
