@@ -63,6 +63,7 @@ PREFIX = struct.Struct("<8sHHI")
 
 INTS = [0, 1, -1, 2, 3, 4, 7, 8, 16, 255, 256, 1023, 1024, 1025, 4096, 65535, 65536]
 INTS += [2**31 - 1, 2**31, 2**31 + 1, 2**32, 2**40, 2**40 + 1, 2**53, 2**63, -(2**63), 10**30]
+INTS += [2**64 - 1, 2**64, 10**400]
 FLOATS = [0.0, -0.0, 0.5, 1e-320, 1e-45, 65504.0, 65520.0, 3.4e38, 3.5e38, 1e308, -1e308]
 STRINGS = ["", "x", "float32", "float64", "float16", "uint16", "uint32", "int8", "/", ".."]
 STRINGS += ["\x00", "time", "a/b", "é" * 3, "x" * 2000]
@@ -75,7 +76,7 @@ SINGLE_SPECIAL = np.array([np.inf, -np.inf, np.nan, 3.4e38, -3.4e38, 1e-45, 0], 
 
 
 def make_seeds() -> dict[str, bytes]:
-    """Small valid files covering fitted, trivial-only, 2-D, float64 and attrs cases."""
+    """Small valid files: fitted, trivial-only, 2-D, float64, residual layers, attrs."""
     import h5py
 
     import sciinr
@@ -107,6 +108,12 @@ def make_seeds() -> dict[str, bytes]:
             (wave[:, 0] * 1e3).astype(np.float64), dims=("time", "y", "x"), config=cfg()
         ),
     }
+    seeds["residual_only"] = sciinr.compress(
+        wave, config=cfg(**{"bound.max_error": 0.05, "bound.split": (0,)})
+    )
+    seeds["residual_nets"] = sciinr.compress(
+        wave, config=cfg(**{"bound.rel_error": 0.01, "bound.split": (1,)})
+    )
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "attrs.h5"
         with h5py.File(p, "w") as fh:

@@ -65,6 +65,19 @@ def small_sinr() -> bytes:
 
 
 @pytest.fixture(scope="module")
+def residual_sinr() -> bytes:
+    """A small valid file with an error-bound residual layer and no networks."""
+    field = smooth_field(t=2, z=4, y=8, x=8)
+    cfg = _tiny_config().replace(**{"bound.max_error": 0.05, "bound.split": (0,)})
+    return sciinr.compress(field, config=cfg)
+
+
+@pytest.fixture(scope="module")
+def samples(small_sinr, residual_sinr) -> dict[str, bytes]:
+    return {"networks": small_sinr, "residual": residual_sinr}
+
+
+@pytest.fixture(scope="module")
 def constant_sinr() -> bytes:
     return sciinr.compress(np.full((3, 5, 7), 2.5, np.float32))
 
@@ -125,9 +138,10 @@ def _decode_or_format_error(blob: bytes) -> str:
 # ------------------------------------------------------------------ exhaustive corruption
 
 
-def test_every_single_byte_flip_is_detected(small_sinr):
+@pytest.mark.parametrize("sample", ["networks", "residual"])
+def test_every_single_byte_flip_is_detected(samples, sample):
     rng = np.random.default_rng(0)
-    blob = small_sinr
+    blob = samples[sample]
     assert len(blob) < 4000
     for i in range(len(blob)):
         for mask in (0xFF, int(rng.integers(1, 255))):
@@ -137,8 +151,9 @@ def test_every_single_byte_flip_is_detected(small_sinr):
                 sciinr.decompress(bytes(bad))
 
 
-def test_every_truncation_and_extension_is_detected(small_sinr):
-    blob = small_sinr
+@pytest.mark.parametrize("sample", ["networks", "residual"])
+def test_every_truncation_and_extension_is_detected(samples, sample):
+    blob = samples[sample]
     for n in range(len(blob)):
         with pytest.raises(FormatError, match=DETECTED):
             sciinr.open(blob[:n])
@@ -186,6 +201,7 @@ def test_versions(small_sinr):
         b'{"sections": [], "a": 1e999}',
         b'{"sections": [], "sections": []}',  # duplicate key
         b'{"sections": [], "a": ' + b"9" * 5000 + b"}",  # beyond int() digit limit
+        b'{"sections": [], "a": 18446744073709551616}',  # 2**64: beyond 64 bits
         b'{"sections": [], "a": "\xff"}',  # not UTF-8
         b"[]",
         b'"sections"',
@@ -318,6 +334,15 @@ def test_block_constants_that_overflow_float32_are_refused(small_sinr):
         sciinr.decompress(_reseal(header, payload))
 
 
+@pytest.mark.parametrize("key", ["max_error", "step"])
+def test_huge_integers_in_the_residual_header_are_refused(residual_sinr, key):
+    """Found while fuzzing: ``residual._meta_float`` raised OverflowError on 10**400."""
+    header, payload = _split(residual_sinr)
+    header["residual"][key] = 10**400
+    with pytest.raises(FormatError, match="corrupted header"):
+        sciinr.decompress(_reseal(header, payload))
+
+
 def test_huge_constant_field_is_refused_before_allocating(constant_sinr):
     header, payload = _split(constant_sinr)
     header["shape"] = [4096, 4096, 4096]  # 2**36 values, 256 GB of float32, one block
@@ -367,9 +392,9 @@ _FUZZ = settings(
 
 @_FUZZ
 @given(data=st.data())
-def test_fuzz_raw_bytes(small_sinr, data):
+def test_fuzz_raw_bytes(samples, data):
     """Byte replacements, insertions, deletions; half of them resealed past the CRCs."""
-    blob = bytearray(small_sinr)
+    blob = bytearray(samples[data.draw(st.sampled_from(sorted(samples)))])
     for _ in range(data.draw(st.integers(1, 4))):
         op = data.draw(st.sampled_from(["set", "insert", "delete"]))
         pos = data.draw(st.integers(0, len(blob) - 1))
@@ -388,9 +413,9 @@ def test_fuzz_raw_bytes(small_sinr, data):
 
 @_FUZZ
 @given(data=st.data())
-def test_fuzz_header_values(small_sinr, data):
+def test_fuzz_header_values(samples, data):
     """One value of the JSON header replaced (or deleted), all checksums recomputed."""
-    header, payload = _split(small_sinr)
+    header, payload = _split(samples[data.draw(st.sampled_from(sorted(samples)))])
     path = data.draw(st.sampled_from(_paths(header)))
     node = header
     for key in path[:-1]:
@@ -404,11 +429,11 @@ def test_fuzz_header_values(small_sinr, data):
 
 @_FUZZ
 @given(data=st.data())
-def test_fuzz_section_contents(small_sinr, data):
+def test_fuzz_section_contents(samples, data):
     """The decompressed content of one section changed and recompressed, checksums fixed."""
     import zstandard
 
-    header, payload = _split(small_sinr)
+    header, payload = _split(samples[data.draw(st.sampled_from(sorted(samples)))])
     sections = _sections(header, payload)
     name = data.draw(st.sampled_from(sorted(sections)))
     try:

@@ -165,7 +165,9 @@ def unpack(data: bytes, source: str = "<bytes>") -> tuple[dict[str, Any], dict[s
 
 
 def _strict_json(raw: bytes, source: str) -> Any:
-    """RFC 8259 JSON only: no NaN/Infinity, no non-finite numbers, no duplicate keys."""
+    """RFC 8259 JSON only: no NaN/Infinity, no non-finite numbers, integers within 64 bits
+    (so no reader of a header value can overflow converting it to float), no duplicate keys.
+    """
 
     def no_constant(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")
@@ -174,6 +176,12 @@ def _strict_json(raw: bytes, source: str) -> Any:
         value = float(text)
         if not math.isfinite(value):
             raise ValueError(f"{text} is not a finite number")
+        return value
+
+    def int64(text: str) -> int:
+        value = int(text)
+        if not -(1 << 63) <= value < 1 << 64:  # int64 or uint64 (e.g. an attribute)
+            raise ValueError(f"integer {text[:20]}... outside 64 bits")
         return value
 
     def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -187,6 +195,7 @@ def _strict_json(raw: bytes, source: str) -> Any:
             raw.decode("utf-8"),
             parse_constant=no_constant,
             parse_float=finite,
+            parse_int=int64,
             object_pairs_hook=unique,
         )
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
