@@ -130,6 +130,43 @@ def targets(results: dict, name: str, path: Path, var: str | None, args) -> None
         )
 
 
+def tables(results: dict) -> str:
+    """Markdown tables of a results file (bounds, then PSNR and ratio targets)."""
+    lines = [
+        "| dataset (values) | E / range | sciinr max err / range | sciinr ratio | networks "
+        "+ residual bytes | SZ3 max err / range | SZ3 ratio | sciinr / SZ3 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results.get("runs", []):
+        s, z = r["sciinr"], r["sz3"]
+        n = int(np.prod(r["shape"]))
+        where = f"{r['dataset']} [{r['excerpt']}]" if r["excerpt"] else r["dataset"]
+        split = "no networks" if s["split"] == 0 else f"split {s['split']}"
+        lines.append(
+            f"| {where} ({n / 1e6:.2f} M) | {r['rel_error']:g} | {s['max_error_rel']:.4g}"
+            f"{'' if s['ok'] else ' FAILED'} | {s['ratio']:.1f} | {s['network_bytes']} + "
+            f"{s['residual_bytes']} ({split}) | {z['max_error_rel']:.4g} | {z['ratio']:.1f} "
+            f"| {s['ratio'] / z['ratio']:.2f} |"
+        )
+    for kind in ("psnr", "ratio"):
+        if not results.get(kind):
+            continue
+        lines += [
+            "",
+            f"| dataset | --{kind} | got | hit | PSNR | ratio | networks alone (dB) "
+            "| residual bytes |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in results[kind]:
+            net = r["network_psnr"]
+            lines.append(
+                f"| {r['dataset']} | {r[kind]:g} | {r['got']:.2f} | {'yes' if r['hit'] else 'no'}"
+                f" | {r['psnr']:.2f} | {r['ratio']:.1f} | "
+                f"{f'{net:.2f}' if isinstance(net, float) else net} | {r['residual_bytes']} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--only", nargs="*", choices=sorted(DATASETS), help="datasets to run")
@@ -139,7 +176,11 @@ def main() -> int:
     ap.add_argument("--max-seconds", type=float, default=120.0, help="training budget per file")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/sciinr-bounds"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bounds.json")
+    ap.add_argument("--table", action="store_true", help="only print the tables of --out")
     args = ap.parse_args()
+    if args.table:
+        print(tables(json.loads(args.out.read_text())))
+        return 0
     args.workdir.mkdir(parents=True, exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}

@@ -12,10 +12,18 @@ Every error raised on purpose derives from :class:`SciinrError`.
 
 from ._version import __version__
 from .api import Report, SinrArray, compress, decompress, info, open
-from .config import ClusterConfig, Config, FitConfig, PartitionConfig, ShrinkConfig
+from .config import (
+    BoundConfig,
+    ClusterConfig,
+    Config,
+    FitConfig,
+    PartitionConfig,
+    ShrinkConfig,
+)
 from .errors import ConfigError, FormatError, InputError, OutputError, SciinrError
 
 __all__ = [
+    "BoundConfig",
     "ClusterConfig",
     "Config",
     "ConfigError",

@@ -1,8 +1,8 @@
 """Residual stage: a quantized correction that bounds the error at every voxel.
 
-The stored networks predict the field; this stage stores ``q = round((original - prediction)
-/ step)`` (integers, mostly small) so that decoding gives, at every voxel,
-``|original - decoded| <= max_error``, for a full, time-step or region decode alike.
+The stored networks predict the field; this stage stores the residual ``original -
+prediction``, quantized with a step of about ``2 E``, so that decoding gives, at every voxel,
+``|original - decoded| <= E``, for a full, time-step or region decode alike.
 
 The rule (also in benchmarks/README.md, "Error bounds"):
 
@@ -11,32 +11,38 @@ The rule (also in benchmarks/README.md, "Error bounds"):
    decoder adds the residual to is the encoder's prediction up to float64 rounding. A
    rigorous forward-error bound of the float64 evaluation (:func:`forward_error_bound`: any
    summation order, FMA or not, ``sin`` within 4 ulp) is ~1e-12 of a block's half range on
-   our networks. (The same bound for a float32 evaluation, i.e. ``decode.decode``, is ~5e-4
+   our networks. (The same bound for a float32 evaluation, i.e. ``decode.decode``, is ~7e-4
    of a block's half range on a real 37 dB fit, where the measured float32 error is ~1e-6:
    too loose to certify a bound of 1e-4 of the value range, so float32 is not used here.)
 2. **Step and float32 rounding.** ``step = 2 E - S`` where ``S`` is one float32 ulp at the
-   field's largest magnitude, so ``|original - float32(prediction + q step)| <= E`` holds
-   whenever the quantizer does not clip (``|q| < 2**31``).
-3. **Verification at encode time.** The encoder reconstructs every voxel exactly as the
-   decoder does, from the coded bytes, and checks ``|original - decoded| <= E``; where the
-   float64 prediction lies so close to a float32 rounding boundary that another device could
-   round it the other way (within the margin of point 1), both roundings are checked.
-4. **Exact voxels.** Any voxel that fails 3 (or whose ``q`` would not fit) is stored exactly
-   (its float32 value) and overrides the reconstruction. In practice there are none, or a few.
+   field's largest magnitude; every coding below reconstructs the residual within
+   ``step / 2``, so ``|original - float32(prediction + residual)| <= E`` unless an integer
+   clips (``|code| >= 2**31``).
+3. **Verification at encode time.** The encoder decodes its own coded bytes exactly as the
+   decoder does and checks ``|original - decoded| <= E`` at every voxel; where the float64
+   sum lies so close to a float32 rounding boundary that another device could round it the
+   other way (within :func:`prediction_margin`), both roundings are checked.
+4. **Exact voxels.** Any voxel that fails 3 (or whose code clips) is stored exactly (its
+   float32 value) and overrides the reconstruction. In practice there are none, or a few.
 
-Sections (all per-chunk data is addressable, so a region decode reads only its chunks):
+Coding. The residual is cut into chunks (the model's blocks; larger ones for a file without
+networks), each decodable alone, so a region decode reads only its chunks. Per chunk the
+encoder keeps the cheaper (smallest ``sum log2(1 + 2|code|)``) of
 
-- ``residual_index`` zstd: a record per chunk (``_INDEX``): code words, method, group,
+- a fixed grid ``q = round(residual / step)`` whose integers go through a Lorenzo predictor
+  (differences along the axes of one of :data:`TRANSFORMS`; lossless), or
+- error-feedback interpolation (:func:`interpolate`, as in SZ3): values predicted coarse to
+  fine from already reconstructed neighbours, the prediction errors quantized,
+
+and codes the integers with ANS (``constriction``) against its group's table, or with zstd,
+whichever is smaller. Sections:
+
+- ``residual_index`` zstd: a record per chunk (``_INDEX``): code length, method, group,
   transform, escapes, exact voxels.
 - ``residual_tables`` zstd: one byte per symbol and group of chunks, ``1 + 8 log2(count)``.
 - ``residual_codes``  per chunk, ANS code words (uint32, ``constriction``) or a zstd frame.
 - ``residual_escapes`` zstd: int64 values of symbols beyond the table's alphabet.
 - ``residual_exact``   zstd: (uint32 index in chunk, float32 value) of exact voxels.
-
-Chunks are the model's blocks (their in-field part). Each chunk's integers may first go
-through a Lorenzo predictor (differences along t, x, (y, x), (z, y, x) or all four axes;
-lossless; the one with the smallest ``sum log2(1 + 2|d|)`` is kept) and are then coded with
-ANS against its group's table, or with zstd, whichever is smaller.
 """
 
 from __future__ import annotations
