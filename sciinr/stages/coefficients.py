@@ -135,6 +135,11 @@ def n_bits(cls: np.ndarray) -> int:
     return int((c > 0).sum() + _mantissa_bits(c).sum())
 
 
+def _starts(n_mant: np.ndarray) -> np.ndarray:
+    """Offset of each nonzero integer's sign bit (one sign bit, then its mantissa bits)."""
+    return (np.cumsum(1 + n_mant) - (1 + n_mant)).astype(np.int64)
+
+
 def pack_bits(q: np.ndarray, cls: np.ndarray) -> np.ndarray:
     """Sign and raw mantissa bits of the nonzero integers, in order, as a 0/1 uint8 array."""
     q = q.ravel()
@@ -143,7 +148,7 @@ def pack_bits(q: np.ndarray, cls: np.ndarray) -> np.ndarray:
     a = np.abs(q[nz])
     n_mant = _mantissa_bits(cls[nz])
     out = np.empty(int(nz.sum() + n_mant.sum()), np.uint8)
-    starts = np.concatenate([[0], np.cumsum(1 + n_mant)[:-1]]).astype(np.int64)
+    starts = _starts(n_mant)
     out[starts] = (q[nz] < 0).astype(np.uint8)
     if n_mant.sum():
         # bit j (from the top, below the leading one) of |q|
@@ -163,7 +168,7 @@ def unpack_bits(bits: np.ndarray, cls: np.ndarray, pos: int, what: str) -> tuple
     if pos + need > bits.size:
         raise FormatError(f"corrupted section {what!r} (too few sign/mantissa bits)")
     chunk = bits[pos : pos + need].astype(np.int64)
-    starts = np.concatenate([[0], np.cumsum(1 + n_mant)[:-1]]).astype(np.int64)
+    starts = _starts(n_mant)
     sign = chunk[starts]
     mag = _lead(flat[nz]).astype(np.int64)
     if n_mant.sum():
