@@ -95,7 +95,7 @@ def test_longer_series_cost_less_per_step():
     short, long = smooth_field(4, 8, 16, 16), smooth_field(32, 8, 16, 16)
     size = []
     for x in (short, long):
-        meta, sections = tucker.encode(tucker.fit(x, _target_mse(x, 45)))
+        _, sections = tucker.encode(tucker.fit(x, _target_mse(x, 45)))
         size.append(sum(len(v) for v in sections.values()))
     assert size[1] < 2 * size[0]
 
@@ -142,7 +142,9 @@ def test_damaged_sections_are_refused(name):
         tucker.decode(meta, missing, x.shape)
 
 
-@pytest.mark.parametrize("key,value", [("step", 0.0), ("step", -1.0), ("rho", 0.9), ("kind", "x")])
+@pytest.mark.parametrize(
+    ("key", "value"), [("step", 0.0), ("step", -1.0), ("rho", 0.9), ("kind", "x")]
+)
 def test_bad_meta_is_refused(key, value):
     x = smooth_field(4, 8, 16, 16)
     meta, sections = _coded(x)
