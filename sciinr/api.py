@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from os import PathLike
@@ -25,6 +24,7 @@ from .errors import ConfigError, FormatError, InputError
 from .metrics import bits_per_value, psnr, psnr_from_mse, ratio, rmse_for_psnr
 from .payloads import Model, Volume
 from .stages import (
+    budget,
     cluster,
     container,
     decode,
@@ -257,9 +257,12 @@ class SinrArray:
         h = self.header
         container.check_field_header(h, self.source)
         try:
-            self._shape4, _, self.net = encode.validate_meta(h["model"])
+            self._shape4, block, self.net = encode.validate_meta(h["model"])
+            n_blocks = math.prod(-(-s // b) for s, b in zip(self._shape4, block, strict=True))
+            budget.check_model(n_blocks, self.net, self.nbytes_file)
         except FormatError as exc:
             raise FormatError(f"{self.source}: {exc}") from None
+        self._model_bytes = budget.model_bytes(n_blocks, self.net)
         self.shape: tuple[int, ...] = tuple(h["shape"])
         self.dims: tuple[str, ...] = tuple(h["dims"])
         self.has_time: bool = h["has_time"]
@@ -292,7 +295,9 @@ class SinrArray:
             try:
                 # a valid file never overflows float32 while its model is decoded
                 with np.errstate(over="raise", invalid="raise"):
-                    self._model = encode.decode_model(self.header["model"], self._sections)
+                    self._model = encode.decode_model(
+                        self.header["model"], self._sections, n_bytes=self.nbytes_file
+                    )
             except FormatError as exc:
                 raise FormatError(f"{self.source}: {exc}") from None
             except FloatingPointError:
@@ -322,27 +327,34 @@ class SinrArray:
                 else:
                     region[axis] = (start, stop)
                     post.append(slice(None, None, step))
-        model = self.model
-        n = math.prod(b - a for a, b in region)
+        # the memory check comes before the model exists: its arrays count too
+        n = budget.n_values(tuple(region))
+        need = budget.output_bytes(n, self.dtype.itemsize)
+        need += self._model_bytes if self._model is None else 0
+        avail = budget.available_memory()
         too_big = InputError(
-            f"{self.source}: decoding {n} values ({n * 4 / 1e9:.1f} GB) does not fit in "
-            "memory; decode one time step or a region"
+            f"{self.source}: decoding {n} values (about {need / 1e9:.1f} GB with temporaries) "
+            f"does not fit in memory ({avail / 1e9:.1f} GB available); decode one time step "
+            "or a region"
         )
-        if n * (4 + self.dtype.itemsize) > _physical_memory():
+        if need > avail:
             raise too_big
         try:
+            model = self.model
             if self._residual is not None:  # issue 7: float64 prediction + residual layer
                 internal = residual.decode_region(
                     model, self._residual, tuple(region), device=self._resolve_device()
                 )
             else:
                 internal = decode.decode(model, tuple(region), device=self._resolve_device())
+            finite = bool(np.isfinite(internal).all())
+            sub = internal.reshape([region[a][1] - region[a][0] for a in self._axes()])
+            out = np.ascontiguousarray(sub[tuple(post)]).astype(self.dtype, copy=False)
         except MemoryError:
             raise too_big from None
-        if not np.isfinite(internal).all():  # e.g. crafted parameters that overflow float32
+        if not finite:  # e.g. crafted parameters that overflow float32
             raise FormatError(f"{self.source}: corrupted model (it decodes to non-finite values)")
-        sub = internal.reshape([region[a][1] - region[a][0] for a in self._axes()])
-        return np.ascontiguousarray(sub[tuple(post)]).astype(self.dtype, copy=False)
+        return out
 
     def _resolve_device(self) -> Any:
         try:
@@ -438,14 +450,6 @@ def _read_source(source: Any) -> tuple[bytes, str]:
             return (head + fh.read() if head == container.MAGIC else head), str(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
-
-
-def _physical_memory() -> int:
-    """Bytes of RAM of this machine (a decode asking for more is refused before allocating)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return 1 << 62
 
 
 def _shape4_of(shape: tuple[int, ...], has_time: bool) -> tuple[int, ...]:
