@@ -227,6 +227,7 @@ def compress(
     if any(v is not None for v in bounds.values()):
         cfg = cfg.replace(**{f"bound.{k}": v for k, v in bounds.items()})
     if out is not None:
+        write.refuse_same_file(data, Path(out))
         write.check_destination(Path(out), overwrite)
     volume = read.read(data, var=var, time_dim=time_dim, dims=dims)
     blob, _ = compress_volume(volume, cfg, progress=progress)
@@ -319,6 +320,10 @@ class SinrArray:
             if isinstance(k, int):
                 region[axis] = (k, k + 1)
                 post.append(0)
+            elif isinstance(k, np.ndarray):  # decode the span it covers, then take
+                lo = int(k.min()) if k.size else 0
+                region[axis] = (lo, int(k.max()) + 1 if k.size else 0)
+                post.append(k - lo)
             else:
                 start, stop, step = k
                 if stop <= start:
@@ -381,13 +386,18 @@ class SinrArray:
 
 
 def _normalize_key(key: Any, shape: tuple[int, ...]) -> list[Any]:
-    """Basic NumPy indexing -> per-axis int or (start, stop, step>0)."""
+    """NumPy indexing -> per-axis int, (start, stop, step>0) or an int64 array of indices.
+
+    Integers, slices with a positive step, one ellipsis, and at most one integer array or
+    boolean mask (1-D, along one axis) are supported; anything else is an :class:`InputError`.
+    """
     if not isinstance(key, tuple):
         key = (key,)
-    if sum(k is Ellipsis for k in key) > 1:
+    ellipses = [i for i, k in enumerate(key) if k is Ellipsis]  # identity: arrays compare
+    if len(ellipses) > 1:
         raise InputError("an index can only have a single ellipsis")
-    if Ellipsis in key:
-        i = key.index(Ellipsis)
+    if ellipses:
+        i = ellipses[0]
         key = key[:i] + (slice(None),) * (len(shape) - len(key) + 1) + key[i + 1 :]
     if len(key) > len(shape):
         raise InputError(f"too many indices ({len(key)}) for a {len(shape)}-D field")
@@ -400,13 +410,42 @@ def _normalize_key(key: Any, shape: tuple[int, ...]) -> list[Any]:
                 raise InputError(f"index {int(k)} is out of bounds for an axis of size {n}")
             out.append(i)
         elif isinstance(k, slice):
-            start, stop, step = k.indices(n)
+            try:
+                start, stop, step = k.indices(n)
+            except (TypeError, ValueError) as exc:  # a zero step, or non-integer bounds
+                raise InputError(f"bad slice {_show_slice(k)}: {exc}") from None
             if step <= 0:
                 raise InputError("negative slice steps are not supported")
             out.append((start, max(start, stop), step))
+        elif isinstance(k, list | np.ndarray):
+            out.append(_array_index(k, n))
         else:
-            raise InputError(f"unsupported index {k!r}: use integers and slices")
+            raise InputError(f"unsupported index {k!r}: use integers, slices or one index array")
+    if sum(isinstance(k, np.ndarray) for k in out) > 1:
+        raise InputError("at most one index array or boolean mask is supported")
     return out
+
+
+def _show_slice(k: slice) -> str:
+    parts = ["" if v is None else str(v) for v in (k.start, k.stop, k.step)]
+    return ":".join(parts)
+
+
+def _array_index(k: Any, n: int) -> np.ndarray:
+    """An integer array or boolean mask along an axis of size ``n`` -> int64 indices."""
+    arr = np.asarray(k)
+    if arr.ndim != 1:
+        raise InputError(f"an index array must be 1-D (got {arr.ndim}-D)")
+    if arr.dtype == bool:
+        if arr.size != n:
+            raise InputError(f"boolean index of length {arr.size} for an axis of size {n}")
+        return np.flatnonzero(arr)
+    if arr.size and arr.dtype.kind not in "iu":
+        raise InputError(f"index arrays must hold integers or booleans, not {arr.dtype}")
+    idx = arr.astype(np.int64)
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        raise InputError(f"index array out of bounds for an axis of size {n}")
+    return np.where(idx < 0, idx + n, idx)
 
 
 def parse_index(text: str) -> tuple[Any, ...]:
@@ -438,13 +477,8 @@ def _read_source(source: Any) -> tuple[bytes, str]:
     if not isinstance(source, str | PathLike):
         raise InputError(f"cannot open a {type(source).__name__} as .sinr: give a path or bytes")
     path = Path(source)
+    read.regular_file(path, "a .sinr file")
     try:
-        if path.is_dir():
-            raise InputError(f"{path}: is a directory, not a .sinr file")
-        if not path.exists():
-            raise InputError(f"{path}: no such file")
-        if not path.is_file():
-            raise InputError(f"{path}: not a regular file")
         with path.open("rb") as fh:  # a large file that is not a .sinr is not read whole
             head = fh.read(len(container.MAGIC))
             return (head + fh.read() if head == container.MAGIC else head), str(path)
