@@ -157,10 +157,14 @@ def test_header_over_the_limit_is_reported_as_too_large():
 
 def test_a_writer_never_replaces_a_file_that_appeared_meanwhile(tmp_path):
     out = tmp_path / "o.sinr"
-    with pytest.raises(OutputError, match="another process wrote it meanwhile"):
+
+    def race() -> None:
         with write.atomic_path(out, overwrite=False) as tmp:
             tmp.write_bytes(b"mine")
             out.write_bytes(b"theirs")  # the other writer publishes first
+
+    with pytest.raises(OutputError, match="another process wrote it meanwhile"):
+        race()
     assert out.read_bytes() == b"theirs"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.sinr"]  # no temporary left
 
