@@ -21,7 +21,8 @@ from sciinr import parallel  # noqa: E402
 def close(got: np.ndarray, want: np.ndarray) -> None:
     """Equal up to float32 rounding: torch's batched matrix-vector product (the networks'
     last layer) rounds differently with the number of blocks evaluated together."""
-    assert got.shape == want.shape and got.dtype == want.dtype
+    assert got.shape == want.shape
+    assert got.dtype == want.dtype
     np.testing.assert_allclose(got, want, rtol=0, atol=4 * np.spacing(np.abs(want).max()))
     assert np.mean(got == want) > 0.5
 
@@ -48,7 +49,8 @@ def test_to_dask_equals_decode(sinr_path):
     arr = sciinr.open(sinr_path)
     lazy = arr.to_dask()
     assert isinstance(lazy, da.Array)
-    assert lazy.shape == arr.shape and lazy.dtype == arr.dtype
+    assert lazy.shape == arr.shape
+    assert lazy.dtype == arr.dtype
     assert lazy.chunks[0] == (2, 2, 1)  # one block of time steps per chunk
     full = arr[...]
     close(lazy.compute(), full)
