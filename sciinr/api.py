@@ -310,6 +310,7 @@ class SinrArray:
 
     def __init__(self, source: bytes | str | Path, device: str = "auto"):
         data, self.source = _read_source(source)
+        self._bytes = data if self.source == "<bytes>" else None  # what dask tasks reopen
         self.header, self._sections = container.unpack(data, self.source)
         self.nbytes_file = len(data)
         self.format_version = container.version_of(data)
@@ -426,6 +427,16 @@ class SinrArray:
     def read(self) -> np.ndarray:
         """The whole field."""
         return self[...]
+
+    def to_dask(self, chunks: Any = None) -> Any:
+        """A lazy :class:`dask.array.Array` of the field (needs ``sciinr[dask]``).
+
+        Each chunk is a region decode of this file (by path, or its bytes); the default chunks
+        are one block of time steps by the whole space (see :func:`sciinr.parallel.to_dask`).
+        """
+        from . import parallel
+
+        return parallel.to_dask(self, chunks)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         arr = self.read()

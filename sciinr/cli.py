@@ -137,7 +137,12 @@ def cmd_decompress(args: argparse.Namespace) -> int:
         if args.region is not None:
             raise api.InputError("give --time or --region, not both (--region includes time)")
     t0 = time.perf_counter()
-    data = arr[key]
+    if args.workers > 1 or args.scheduler:
+        from . import parallel
+
+        data = parallel.decode(arr, key, workers=args.workers, scheduler=args.scheduler)
+    else:
+        data = arr[key]
     seconds = time.perf_counter() - t0
     dims = _kept_dims(arr, key)
     api.write_decoded(out, data, arr, dims=dims, overwrite=args.overwrite)
@@ -245,6 +250,30 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_dask_flags(p: argparse.ArgumentParser, what: str) -> None:
+    group = p.add_argument_group("parallel (needs sciinr[dask])")
+    group.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help=f"{what} on N workers (default: 1, no dask)",
+    )
+    group.add_argument(
+        "--scheduler", metavar="ADDRESS", help=f"{what} on the dask cluster at ADDRESS"
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return n
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with usage errors on one line (exit code 2), like sciinr's own errors."""
 
@@ -290,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region", help="index over all axes, e.g. '3,0:32,:,10:20'")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    _add_dask_flags(p, "decode")
     common(p)
     p.set_defaults(func=cmd_decompress)
 
