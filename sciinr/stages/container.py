@@ -27,8 +27,10 @@ from typing import Any
 from ..errors import FormatError
 
 MAGIC = b"\x89SINR\r\n\x1a"
-MAJOR = 1
+MAJOR = 2  # newest version this reader reads and writes
 MINOR = 0
+BASE_VERSION = (2, 0)  # files with a whole-field base ("base" header entry)
+NETWORK_VERSION = (1, 0)  # files of block networks only (readable by sciinr of format 1.0)
 _PREFIX = struct.Struct("<8sHHI")
 PREFIX_SIZE = _PREFIX.size  # 16
 MAX_HEADER = 16 << 20  # bytes of JSON header
@@ -60,11 +62,15 @@ def _head(header: dict[str, Any], sections: dict[str, bytes]) -> bytes:
     ).encode()
     if len(head) > MAX_HEADER:
         raise ValueError(f"header of {len(head)} bytes exceeds {MAX_HEADER}")
-    return _PREFIX.pack(MAGIC, MAJOR, MINOR, len(head)) + head
+    major, minor = BASE_VERSION if "base" in header else NETWORK_VERSION
+    return _PREFIX.pack(MAGIC, major, minor, len(head)) + head
 
 
 def pack(header: dict[str, Any], sections: dict[str, bytes]) -> bytes:
-    """Serialize a header (JSON types) and named sections into one ``.sinr`` byte string."""
+    """Serialize a header (JSON types) and named sections into one ``.sinr`` byte string.
+
+    The version written is the oldest that describes the file: 1.0 without a ``"base"``.
+    """
     prefix = _head(header, sections)
     return b"".join([prefix, struct.pack("<I", zlib.crc32(prefix)), *sections.values()])
 
@@ -269,8 +275,12 @@ def check_field_header(header: dict[str, Any], source: str = "<bytes>") -> None:
             raise bad(key)
     if not isinstance(header.get("config"), dict):
         raise bad("config")
-    if not isinstance(header.get("model"), dict):
+    if "model" in header and not isinstance(header["model"], dict):
         raise bad("model")
+    if "base" in header and not isinstance(header["base"], dict):
+        raise bad("base")
+    if "model" not in header and "base" not in header:
+        raise FormatError(f"{source}: corrupted header (neither 'model' nor 'base')")
 
 
 def _attr_value_ok(v: Any, depth: int) -> bool:

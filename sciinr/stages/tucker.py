@@ -29,22 +29,26 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..errors import FormatError
+from . import budget, entropy
 from . import coefficients as cc
-from . import entropy
 
 logger = logging.getLogger(__name__)
 
 N_CORE_CTX = 16
+SECTIONS = ("base_core", "base_factors", "base_bits", "base_columns")
 N_FACTOR_CTX = 2 * 6 * 8
 MAX_MODE = 8192  # longest axis whose Gram matrix is decomposed
-# decode budget: a stream of B bytes may declare at most this many coded symbols per byte
-# (plus a fixed allowance); see docs/format.md
-SYMBOLS_PER_BYTE = 4096
+# decode budget (docs/format.md): a range-coded stream of B bytes may declare at most
+# SYMBOL_ALLOWANCE + SYMBOLS_PER_BYTE * B coefficients, and each costs at most
+# BYTES_PER_COEFFICIENT while the base decodes (measured with tracemalloc, with margin)
+SYMBOLS_PER_BYTE = 64
 SYMBOL_ALLOWANCE = 1 << 20
+BYTES_PER_COEFFICIENT = 48
 
 
 @dataclass(frozen=True)
@@ -383,10 +387,13 @@ def _bits_estimate(f: np.ndarray) -> np.ndarray:
 
 def _wavefronts(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Flat indices of a C-ordered array sorted by index sum, and the start of each sum."""
-    grids = np.indices(shape).reshape(len(shape), -1)
-    s = grids.sum(0)
-    order = np.argsort(s, kind="stable")
-    bounds = np.searchsorted(s[order], np.arange(sum(shape) - len(shape) + 2))
+    s = np.zeros(shape, np.int32)
+    for n, size in enumerate(shape):
+        axis = [1] * len(shape)
+        axis[n] = size
+        s += np.arange(size, dtype=np.int32).reshape(axis)
+    order = np.argsort(s.ravel(), kind="stable")
+    bounds = np.searchsorted(s.ravel()[order], np.arange(sum(shape) - len(shape) + 2))
     return order, bounds
 
 
@@ -474,44 +481,57 @@ def encode(base: TuckerBase) -> tuple[dict, dict[str, bytes]]:
     return meta, sections
 
 
-def _meta_number(meta: dict, key: str, what: str) -> float:
+def _meta_number(meta: dict, key: str) -> float:
     v = meta.get(key)
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise FormatError(f"corrupted header ({what} {key!r})")
+        raise FormatError(f"corrupted header (base {key!r})")
     return float(v)
 
 
-def decode(meta: dict, sections: dict[str, bytes], shape4: tuple[int, ...]) -> TuckerBase:
-    """Inverse of :func:`encode`; every count is checked against the bytes that carry it."""
-    what = "base"
+def check(meta: Any, sections: dict[str, bytes], shape4: tuple[int, ...], n_bytes: int) -> int:
+    """Validate a base's header entry against its sections and the file's decode budget.
+
+    Returns the bytes decoding it will hold at most (its output aside).
+    """
     if not isinstance(meta, dict) or meta.get("kind") != "tucker":
         raise FormatError("corrupted header (base kind)")
     ranks = meta.get("ranks")
     if (
         not isinstance(ranks, list)
         or len(ranks) != 4
-        or not all(isinstance(r, int) and not isinstance(r, bool) for r in ranks)
+        or not all(type(r) is int for r in ranks)
         or not all(1 <= r <= s for r, s in zip(ranks, shape4, strict=True))
     ):
         raise FormatError("corrupted header (base ranks)")
-    mean = _meta_number(meta, "mean", what)
-    step = _meta_number(meta, "step", what)
-    rho = _meta_number(meta, "rho", what)
-    if not step > 0 or abs(rho) > 0.5:
+    step = _meta_number(meta, "step")
+    _meta_number(meta, "mean")
+    if not step > 0 or abs(_meta_number(meta, "rho")) > 0.5:
         raise FormatError("corrupted header (base step)")
-    for name in ("base_core", "base_factors", "base_bits", "base_columns"):
+    for name in SECTIONS:
         if name not in sections:
             raise FormatError(f"missing section {name!r}")
-    ranks_t = tuple(ranks)
-    n_core = math.prod(ranks_t)
-    coded = [n for n in range(4) if shape4[n] > 1]
-    n_factor = sum(shape4[n] * ranks_t[n] for n in coded)
+    n_core = math.prod(ranks)
+    n_factor = sum(s * r for s, r in zip(shape4, ranks, strict=True) if s > 1)
     for name, count in (("base_core", n_core), ("base_factors", n_factor)):
         if count > SYMBOLS_PER_BYTE * len(sections[name]) + SYMBOL_ALLOWANCE:
             raise FormatError(
                 f"corrupted section {name!r} ({len(sections[name])} bytes cannot carry "
                 f"{count} coefficients)"
             )
+    need = BYTES_PER_COEFFICIENT * (n_core + n_factor)
+    budget.check(need, n_bytes, f"a Tucker base of ranks {ranks}")
+    return need
+
+
+def decode(
+    meta: dict, sections: dict[str, bytes], shape4: tuple[int, ...], n_bytes: int | None = None
+) -> TuckerBase:
+    """Inverse of :func:`encode`, after :func:`check` (``n_bytes``: the file's size; default
+    the sections' total)."""
+    check(meta, sections, shape4, sum(map(len, sections.values())) if n_bytes is None else n_bytes)
+    ranks_t = tuple(meta["ranks"])
+    mean, step, rho = float(meta["mean"]), float(meta["step"]), float(meta["rho"])
+    coded = [n for n in range(4) if shape4[n] > 1]
     n_cols = sum(ranks_t[n] for n in coded)
     columns = (
         entropy.decode_ints(sections["base_columns"], n_cols, "base_columns")
@@ -531,8 +551,7 @@ def decode(meta: dict, sections: dict[str, bytes], shape4: tuple[int, ...]) -> T
         else:
             exps.append(np.zeros(1, np.int64))
             deltas.append(np.zeros(1, bool))
-    cls = np.zeros(ranks_t, np.int64)
-    padded = np.zeros(tuple(r + 1 for r in ranks_t), np.int64)
+    padded = np.zeros(tuple(r + 1 for r in ranks_t), np.int8)
     order, bounds = _wavefronts(ranks_t)
     inner = tuple(slice(1, None) for _ in ranks_t)
 
@@ -552,7 +571,7 @@ def decode(meta: dict, sections: dict[str, bytes], shape4: tuple[int, ...]) -> T
         N_CORE_CTX,
         "base_core",
     )
-    cls[...] = padded[inner]
+    cls = padded[inner].astype(np.int64)
     if cls.max() >= cc.N_CLASSES:
         raise FormatError("corrupted section 'base_core' (class out of range)")
 
