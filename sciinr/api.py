@@ -30,6 +30,7 @@ from .stages import (
     decode,
     encode,
     fit,
+    mask,
     partition,
     read,
     residual,
@@ -131,9 +132,12 @@ def compress_volume(volume: Volume, cfg: Config, progress: bool = False) -> tupl
     model = Model.from_fit(blocks, fitted, arrays=small.arrays)
     meta, sections = encode.encode_model(model, small)
     stored = encode.decode_model(meta, sections)
-    reached = psnr(volume.data, decode.decode(stored, device=fit.resolve_device(cfg.fit.device)))
+    decoded = decode.decode(stored, device=fit.resolve_device(cfg.fit.device))
+    reached = psnr(volume.data, decoded, volume.mask)
     header = build_header(volume, cfg, meta, reached)
-    blob = container.pack(header, sections)
+    if volume.mask is not None:
+        header["mask"], sections[mask.SECTION] = mask.encode(volume.mask, volume.fill_value)
+    blob = pack(header, sections)
     seconds = time.perf_counter() - t0
     report = Report(
         n_values=volume.data.size,
@@ -154,6 +158,12 @@ def compress_volume(volume: Volume, cfg: Config, progress: bool = False) -> tupl
         seconds,
     )
     return blob, report
+
+
+def pack(header: dict[str, Any], sections: dict[str, bytes]) -> bytes:
+    """The ``.sinr`` bytes, in the oldest format version that holds them."""
+    version = mask.VERSION if "mask" in header else container.BASE_VERSION
+    return container.pack(header, sections, version)
 
 
 def compress(
@@ -177,7 +187,9 @@ def compress(
     Parameters
     ----------
     data : numpy.ndarray, str, Path, h5py.Dataset or netCDF4.Variable
-        The field (2-D to 4-D, time first), or a file holding it.
+        The field (2-D to 4-D, time first), or a file holding it. Missing values (the mask of
+        a ``numpy.ma.MaskedArray``, a ``_FillValue``/``missing_value``, NaN) are stored as a
+        lossless mask; PSNR and errors are over the valid values, which are all that is fitted.
     psnr : float, optional
         Target PSNR in dB over the whole field (default: ``config.psnr``, 40).
     config : Config, optional
@@ -280,11 +292,34 @@ class SinrArray:
             except FormatError as exc:
                 raise FormatError(f"{self.source}: {exc}") from None
         self.max_error = self._residual.max_error if self._residual is not None else None
+        self._mask: mask.Mask | None = None  # fields with missing values
+        self._mask_bits: np.ndarray | None = None
+        if "mask" in h:
+            try:
+                self._mask = mask.Mask.from_header(h["mask"], self._sections, self._shape4)
+            except FormatError as exc:
+                raise FormatError(f"{self.source}: {exc}") from None
+        self.fill_value = self._mask.fill_value if self._mask is not None else None
         self._device = device
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
+
+    @property
+    def masked(self) -> bool:
+        """True when the field has missing values: indexing returns ``numpy.ma.MaskedArray``."""
+        return self._mask is not None
+
+    def _valid(self, region: tuple[tuple[int, int], ...]) -> np.ndarray:
+        """(region) bool, True = valid, of a file with a mask."""
+        assert self._mask is not None
+        if self._mask_bits is None:
+            try:
+                self._mask_bits = self._mask.bits()
+            except FormatError as exc:
+                raise FormatError(f"{self.source}: {exc}") from None
+        return self._mask.region(self._mask_bits, region)
 
     @property
     def model(self) -> Model:
@@ -341,8 +376,13 @@ class SinrArray:
             raise too_big from None
         if not np.isfinite(internal).all():  # e.g. crafted parameters that overflow float32
             raise FormatError(f"{self.source}: corrupted model (it decodes to non-finite values)")
+        if self._mask is not None:
+            internal = mask.apply(internal, self._valid(tuple(region)), self.fill_value)
         sub = internal.reshape([region[a][1] - region[a][0] for a in self._axes()])
-        return np.ascontiguousarray(sub[tuple(post)]).astype(self.dtype, copy=False)
+        sub = sub[tuple(post)]
+        if isinstance(sub, np.ma.MaskedArray):
+            return mask.contiguous(sub, self.dtype)
+        return np.ascontiguousarray(sub).astype(self.dtype, copy=False)
 
     def _resolve_device(self) -> Any:
         try:
@@ -535,6 +575,7 @@ def info(source: bytes | str | Path) -> dict[str, Any]:
         "psnr": arr.psnr,
         "target_psnr": (h.get("config") or {}).get("psnr"),
         "value_range": h.get("value_range"),
+        "missing_values": n_values - arr._mask.valid if arr._mask is not None else 0,
         "networks": arr.net.n_nets,
         "fitted_blocks": arr.net.n_blocks,
         "block": (h.get("model") or {}).get("block"),
@@ -569,6 +610,7 @@ def write_decoded(
         dims=dims if dims is not None else sinr.dims,
         attrs=sinr.attrs,
         overwrite=overwrite,
+        fill_value=sinr.fill_value,
     )
 
 
@@ -677,10 +719,10 @@ def _compress_with_residual(volume: Volume, cfg: Config, progress: bool) -> tupl
         reached = net.report.psnr
         if not bound.psnr_topup or not math.isfinite(reached) or reached >= cfg.psnr:
             return _assemble(volume, cfg, net, None, [], t0)
-        step = _step_for_psnr(volume.data, net.prediction, cfg.psnr, vr)
+        step = _step_for_psnr(volume.data, net.prediction, cfg.psnr, vr, volume.mask)
         corr = _residual(volume, net, step=step)
         for _ in range(20):  # chunks coded by interpolation may err a little more: tighten
-            if psnr_from_mse(corr.sse / volume.data.size, vr) >= cfg.psnr:
+            if psnr_from_mse(corr.sse / max(1, volume.n_valid), vr) >= cfg.psnr:
                 break
             step *= 0.98
             corr = _residual(volume, net, step=step)
@@ -711,7 +753,7 @@ def _compress_with_residual(volume: Volume, cfg: Config, progress: bool) -> tupl
                 tried.append({"split": split, "network_bytes": net.n_bytes, "smallest": smallest})
                 continue
         res_bytes = corr.n_bytes if corr is not None else 0
-        p = psnr_from_mse(corr.sse / volume.data.size, vr) if corr else net.report.psnr
+        p = psnr_from_mse(corr.sse / max(1, volume.n_valid), vr) if corr else net.report.psnr
         tried.append(
             {
                 "split": split,
@@ -756,21 +798,35 @@ def _residual(
         net.margin,
         step=step,
         verify=verify,
+        valid=volume.mask,
     )
 
 
-def _step_for_psnr(original: np.ndarray, prediction: np.ndarray, target: float, vr: float) -> float:
+def _step_for_psnr(
+    original: np.ndarray,
+    prediction: np.ndarray,
+    target: float,
+    vr: float,
+    valid: np.ndarray | None = None,
+) -> float:
     """Largest residual step whose reconstruction reaches ``target`` dB (bisection, log scale)."""
-    goal = original.size * vr**2 * 10 ** (-(target + 0.01) / 10)
+    n = original.size if valid is None else int(np.count_nonzero(valid))
+    goal = n * vr**2 * 10 ** (-(target + 0.01) / 10)
     lo_s = rmse_for_psnr(target, vr) * 1e-2  # reaches the target (error ~ step / sqrt(12))
-    hi_s = 2.0 * float(np.abs(original - prediction).max()) + lo_s  # all zeros: falls short
+    hi_s = 2.0 * _max_abs_diff(original, prediction, valid) + lo_s  # all zeros: falls short
     for _ in range(24):
         mid = math.sqrt(lo_s * hi_s)
-        if residual.squared_error(original, prediction, mid) <= goal:
+        if residual.squared_error(original, prediction, mid, valid) <= goal:
             lo_s = mid
         else:
             hi_s = mid
     return lo_s
+
+
+def _max_abs_diff(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None) -> float:
+    """max |a - b| over the valid voxels (0 when there are none)."""
+    d = np.abs(a - b) if valid is None else np.abs(a[valid] - b[valid])
+    return float(d.max()) if d.size else 0.0
 
 
 def _residual_for_ratio(
@@ -788,7 +844,7 @@ def _residual_for_ratio(
         corr = _residual(volume, net, step=step, verify=False)
         return len(_assemble(volume, cfg, net, corr, [], 0.0)[0])
 
-    hi_s = 2.0 * float(np.abs(volume.data - net.prediction).max()) + (hi - lo) * 2**-20
+    hi_s = 2.0 * _max_abs_diff(volume.data, net.prediction, volume.mask) + (hi - lo) * 2**-20
     lo_s = max(hi - lo, float(np.abs(volume.data).max()) * 2**-20) * 2**-22
     coarsest = size(hi_s)
     if coarsest > top:  # even an all-zero residual is too big: the networks alone, if they fit
@@ -823,7 +879,7 @@ def _assemble(
     reached = net.report.psnr
     if corr is not None:
         lo, hi = volume.value_range
-        reached = psnr_from_mse(corr.sse / volume.data.size, hi - lo)
+        reached = psnr_from_mse(corr.sse / max(1, volume.n_valid), hi - lo)
         header["psnr"] = reached if math.isfinite(reached) else None
         header["residual"] = {
             **corr.meta,
@@ -835,7 +891,7 @@ def _assemble(
             "tried": tried,
         }
         sections.update(corr.sections)
-    blob = container.pack(header, sections)
+    blob = pack(header, sections)
     report = dataclasses.replace(
         net.report,
         n_bytes=len(blob),
@@ -925,6 +981,7 @@ def verify(
     lo, hi = volume.value_range
     vr = hi - lo
     orig = volume.data.reshape(volume.orig_shape)
+    valid = None if volume.mask is None else volume.mask.reshape(volume.orig_shape)
     clock = _clock()
     if time is not None:
         if not arr.has_time:
@@ -932,13 +989,16 @@ def verify(
         if not -arr.shape[0] <= time < arr.shape[0]:
             raise InputError(f"time step {time} is out of range (the field has {arr.shape[0]})")
         decoded, ref, what = arr[time], orig[time], f"time step {time % arr.shape[0]}"
+        ref_valid = None if valid is None else valid[time]
     else:
         decoded, ref, what = arr[...], orig, "full field"
+        ref_valid = valid
     seconds = _clock() - clock
-    diff = ref.astype(np.float64) - decoded.astype(np.float64)
-    err = float(np.abs(diff).max()) if diff.size else 0.0
-    p = psnr_from_mse(float(np.mean(np.square(diff))), vr)
     failures: list[str] = []
+    err, sq, differ = _compare(ref, ref_valid, decoded)
+    if differ:
+        failures.append(f"mask differs from the original's at {differ} values ({what})")
+    p = psnr_from_mse(sq, vr)
     if arr.max_error is not None and err > arr.max_error:
         failures.append(f"max error {err:.6g} > guaranteed {arr.max_error:.6g} ({what})")
     if time is None and arr.psnr is not None and p < arr.psnr - 0.01:
@@ -947,7 +1007,7 @@ def verify(
     if each_step and arr.has_time:
         worst = 0.0
         for t in range(arr.shape[0]):
-            e = float(np.abs(orig[t].astype(np.float64) - arr[t]).max())
+            e = _compare(orig[t], None if valid is None else valid[t], arr[t])[0]
             worst = max(worst, e)
             if arr.max_error is not None and e > arr.max_error:
                 failures.append(f"max error {e:.6g} > guaranteed {arr.max_error:.6g} (step {t})")
@@ -967,6 +1027,27 @@ def verify(
         "checked": arr.max_error is not None or (time is None and arr.psnr is not None),
         "failures": failures,
     }
+
+
+def _compare(
+    ref: np.ndarray, ref_valid: np.ndarray | None, decoded: np.ndarray
+) -> tuple[float, float, int]:
+    """(max error, mean squared error, values whose mask differs), over the valid values."""
+    dec_valid = ~np.ma.getmaskarray(decoded) if np.ma.isMaskedArray(decoded) else None
+    differ = 0
+    if ref_valid is not None or dec_valid is not None:
+        a = np.ones(ref.shape, bool) if ref_valid is None else ref_valid
+        b = np.ones(ref.shape, bool) if dec_valid is None else dec_valid
+        differ = int(np.count_nonzero(a != b))
+        both = a & b
+    else:
+        both = None
+    diff = ref.astype(np.float64) - np.ma.getdata(decoded).astype(np.float64)
+    if both is not None:
+        diff = diff[both]
+    if not diff.size:
+        return 0.0, 0.0, differ
+    return float(np.abs(diff).max()), float(np.mean(np.square(diff))), differ
 
 
 def _clock() -> float:

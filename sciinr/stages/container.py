@@ -27,8 +27,9 @@ from typing import Any
 from ..errors import FormatError
 
 MAGIC = b"\x89SINR\r\n\x1a"
-MAJOR = 1
+MAJOR = 2  # the newest version this reader reads; a file is written with the oldest that holds it
 MINOR = 0
+BASE_VERSION = (1, 0)  # a field without a mask
 _PREFIX = struct.Struct("<8sHHI")
 PREFIX_SIZE = _PREFIX.size  # 16
 MAX_HEADER = 16 << 20  # bytes of JSON header
@@ -45,8 +46,16 @@ _OTHER_MAGICS = {
 }
 
 
-def pack(header: dict[str, Any], sections: dict[str, bytes]) -> bytes:
-    """Serialize a header (JSON types) and named sections into one ``.sinr`` byte string."""
+def pack(
+    header: dict[str, Any],
+    sections: dict[str, bytes],
+    version: tuple[int, int] = BASE_VERSION,
+) -> bytes:
+    """Serialize a header (JSON types) and named sections into one ``.sinr`` byte string.
+
+    ``version`` is the format version written: the oldest whose readers decode the file as
+    intended (``docs/format.md``, part 6).
+    """
     table, offset = [], 0
     for name, data in sections.items():
         if not _NAME.match(name):
@@ -60,7 +69,7 @@ def pack(header: dict[str, Any], sections: dict[str, bytes]) -> bytes:
     ).encode()
     if len(head) > MAX_HEADER:
         raise ValueError(f"header of {len(head)} bytes exceeds {MAX_HEADER}")
-    prefix = _PREFIX.pack(MAGIC, MAJOR, MINOR, len(head)) + head
+    prefix = _PREFIX.pack(MAGIC, *version, len(head)) + head
     return b"".join([prefix, struct.pack("<I", zlib.crc32(prefix)), *sections.values()])
 
 
