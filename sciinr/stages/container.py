@@ -46,16 +46,10 @@ _OTHER_MAGICS = {
 }
 
 
-def pack(
-    header: dict[str, Any],
-    sections: dict[str, bytes],
-    version: tuple[int, int] = BASE_VERSION,
+def _head(
+    header: dict[str, Any], sections: dict[str, bytes], version: tuple[int, int] = BASE_VERSION
 ) -> bytes:
-    """Serialize a header (JSON types) and named sections into one ``.sinr`` byte string.
-
-    ``version`` is the format version written: the oldest whose readers decode the file as
-    intended (``docs/format.md``, part 6).
-    """
+    """The prefix and JSON header (with its section table) of a file of these sections."""
     table, offset = [], 0
     for name, data in sections.items():
         if not _NAME.match(name):
@@ -69,8 +63,26 @@ def pack(
     ).encode()
     if len(head) > MAX_HEADER:
         raise ValueError(f"header of {len(head)} bytes exceeds {MAX_HEADER}")
-    prefix = _PREFIX.pack(MAGIC, *version, len(head)) + head
+    return _PREFIX.pack(MAGIC, *version, len(head)) + head
+
+
+def pack(
+    header: dict[str, Any],
+    sections: dict[str, bytes],
+    version: tuple[int, int] = BASE_VERSION,
+) -> bytes:
+    """Serialize a header (JSON types) and named sections into one ``.sinr`` byte string.
+
+    ``version`` is the format version written: the oldest whose readers decode the file as
+    intended (``docs/format.md``, part 6).
+    """
+    prefix = _head(header, sections, version)
     return b"".join([prefix, struct.pack("<I", zlib.crc32(prefix)), *sections.values()])
+
+
+def packed_size(header: dict[str, Any], sections: dict[str, bytes]) -> int:
+    """``len(pack(header, sections))``, computed without building the file."""
+    return len(_head(header, sections)) + 4 + sum(len(v) for v in sections.values())
 
 
 def is_sinr(data: bytes) -> bool:
@@ -122,7 +134,12 @@ def unpack(data: bytes, source: str = "<bytes>") -> tuple[dict[str, Any], dict[s
     if major < 1:
         raise FormatError(f"{source}: unknown .sinr format version {major}.{minor}")
     end = PREFIX_SIZE + head_len
-    if head_len > MAX_HEADER or end + 4 > n:
+    if head_len > MAX_HEADER:
+        raise FormatError(
+            f"{source}: corrupted .sinr file (header of {head_len} bytes is larger than the "
+            f"{MAX_HEADER >> 20} MiB limit)"
+        )
+    if end + 4 > n:
         raise FormatError(
             f"{source}: truncated or corrupted .sinr file (header of {head_len} bytes, file of {n})"
         )

@@ -68,10 +68,15 @@ class Mask:
         fill_value = float(fill) if fill is not None else None
         return cls(tuple(int(s) for s in shape4), valid, fill_value, sections[SECTION])  # type: ignore[arg-type]
 
+    @property
+    def n_bytes(self) -> int:
+        """Bytes of the packed bits (fixed by the shape): what decoding the mask holds."""
+        return -(-math.prod(self.shape4) // 8)
+
     def bits(self) -> np.ndarray:
         """The packed bits (``ceil(n / 8)`` uint8), checked against the header's count."""
         n = math.prod(self.shape4)
-        raw = unzip_exact(self.data, -(-n // 8), SECTION)
+        raw = unzip_exact(self.data, self.n_bytes, SECTION)
         bits = np.frombuffer(raw, np.uint8)
         tail = n % 8
         if tail and bits[-1] & ((1 << (8 - tail)) - 1):
