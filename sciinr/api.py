@@ -368,7 +368,8 @@ class SinrArray:
         if "mask" in h:
             try:
                 self._mask = mask.Mask.from_header(h["mask"], self._sections, self._shape4)
-                budget.check(self._mask.n_bytes, self.nbytes_file, "a mask")
+                what = f"a model and a mask of {math.prod(self._shape4)} values"
+                budget.check(self._model_bytes + self._mask.n_bytes, self.nbytes_file, what)
             except FormatError as exc:
                 raise FormatError(f"{self.source}: {exc}") from None
         self.fill_value = self._mask.fill_value if self._mask is not None else None

@@ -293,3 +293,16 @@ def test_mask_bits_budget_is_fixed_by_the_shape():
     m = mask_stage.Mask.from_header({"valid": 20, "fill_value": None}, {"mask": big}, shape4)
     with pytest.raises(FormatError, match="corrupted section 'mask'"):
         m.bits()
+
+
+def test_mask_bits_count_in_the_decode_budget():
+    """A header whose mask would need more memory than the file may cost is refused at open."""
+    blob = sciinr.compress(np.full((8, 8), np.nan, np.float32), config=tiny(30.0))
+    side = 1 << 20
+
+    def huge(h):
+        h["shape"] = [side, side]
+        h["model"]["shape4"] = h["model"]["block"] = [1, 1, side, side]
+
+    with pytest.raises(FormatError, match="a model and a mask of 1099511627776 values"):
+        sciinr.open(_reseal(blob, huge))

@@ -25,6 +25,8 @@ The rule (also in benchmarks/README.md, "Error bounds"):
    other way (within :func:`prediction_margin`), both roundings are checked.
 4. **Exact voxels.** Any voxel that fails 3 (or whose code clips) is stored exactly (its
    float32 value) and overrides the reconstruction. In practice there are none, or a few.
+5. **Missing values.** With a mask (``valid``) the bound holds at the valid voxels; the
+   residual of a masked voxel is coded as 0 and never checked, so it costs (almost) nothing.
 
 Coding. The residual is cut into chunks (the model's blocks; larger ones for a file without
 networks), each decodable alone, so a region decode reads only its chunks. Per chunk the
