@@ -56,7 +56,9 @@ from .stages.shrink.quantize import SharedSiren, quantize_uniform, share
 logger = logging.getLogger(__name__)
 
 BASE_BYTES = 512 << 20  # resident before any data: interpreter, torch, scikit-learn, dask
-BYTES_PER_VALUE = 12  # a group task at its peak: box read (4) + its block copy (4) + values (4)
+# a group task at its peak, per value of its box: the voxels read (4), their block copy (4),
+# the normalized values (4) or the trivial blocks' float64 error (8), masks and slack (2)
+BYTES_PER_VALUE = 16
 SLAB_VALUES = 1 << 22  # values per slab of the streaming passes (16 MB of float32)
 DEFAULT_GROUP_VALUES = 1 << 24  # values per group on workers without a memory limit
 
@@ -111,8 +113,8 @@ class Job:
 
     def blocks(self):
         with self.field.reader(stream.cache_bytes(self.field)) as r:
-            data = r.read(self.voxels)
-        return stream.box_blocks(data, self.block, self.consts, self.trivial)
+            # passed on, not kept: box_blocks frees the voxels once they are cut into blocks
+            return stream.box_blocks(r.read(self.voxels), self.block, self.consts, self.trivial)
 
 
 @dataclass(frozen=True)
