@@ -104,6 +104,9 @@ def _lazy(arr: Any, region: list[tuple[int, int]], chunks: Any) -> Any:
     offset = tuple(a for a, _ in region)
     reader = RegionReader(source, shape, arr.dtype, device, offset)
     name = "sciinr-" + tokenize(arr.source, arr.nbytes_file, repr(arr.header), region, chunks)
+    meta = np.empty((0,) * arr.ndim, arr.dtype)
+    if getattr(arr, "_mask", None) is not None:  # missing values decode as masked arrays
+        meta = np.ma.masked_array(meta)
     return da.from_array(
         reader,
         chunks=chunks,
@@ -111,7 +114,7 @@ def _lazy(arr: Any, region: list[tuple[int, int]], chunks: Any) -> Any:
         asarray=False,
         fancy=False,
         name=name,
-        meta=np.empty((0,) * arr.ndim, arr.dtype),
+        meta=meta,
     )
 
 
