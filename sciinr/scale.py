@@ -276,6 +276,11 @@ def compress_field(
             "error bounds and ratio targets need the field in memory: drop --memory-limit, "
             "--group-values and --workers, or the bound"
         )
+    if cfg.base.kind != "none":
+        # the whole-field base is fitted in memory; streamed, the block networks model the
+        # field (a streamed base would add its accumulators to the plan's pass)
+        logger.info("streamed compression: block networks only (no whole-field base)")
+        cfg = cfg.replace(**{"base.kind": "none"})
     t0 = time.perf_counter()
     distributed = map_fn is not None
     run = map_fn or serial_map

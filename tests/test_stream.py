@@ -165,6 +165,8 @@ def test_cli_compress_memory_limit(h5_path, tmp_path, capsys):
     assert cli.main(args) == 0
     assert "ratio" in capsys.readouterr().out
     assert sciinr.info(out)["shape"] == [6, 9, 16, 13]
+    # the whole-field base is fitted in memory only: the header says what was done
+    assert sciinr.open(out).header["config"]["base"] == {"kind": "none"}
     with pytest.raises(SystemExit):
         cli.main(["compress", str(h5_path), "-o", str(out), "--memory-limit", "lots"])
 
