@@ -174,7 +174,8 @@ def load(args: argparse.Namespace) -> tuple[datasets.Field, dict[str, Any]]:
         if args.var or args.time_dim:
             raise InputError("--var/--time-dim are for data files; a manifest names its variable")
         if args.time_steps is None:
-            time_arg = manifest.bench.get("time_steps")
+            default = manifest.bench.get("time_steps")
+            time_arg = None if default == "all" else default
         field = datasets.load_field(manifest, args.data_dir, time_arg, args.every, args.crop)
         return field, manifest.bench
     if not target.exists():
