@@ -147,6 +147,30 @@ def encode_base(volume: Volume, cfg: Config) -> tuple[dict[str, Any], dict[str, 
     return meta, sections, reached
 
 
+def base_stage(volume: Volume, cfg: Config) -> rate.Networks | None:
+    """The whole-field base at ``cfg.psnr`` as rate control's stand-in for networks (the
+    prediction a residual layer corrects), or None where the base does not apply."""
+    lo, hi = volume.value_range
+    if cfg.base.kind != "tucker" or not hi > lo or max(volume.data.shape) > tucker.MAX_MODE:
+        return None
+    meta, sections, reached = encode_base(volume, cfg)
+    fitted = tucker.decode(meta, sections, volume.data.shape)
+    header = build_header(volume, cfg, None, reached, base_meta=meta)
+    return rate.Networks(
+        config=cfg,
+        meta=meta,
+        sections=sections,
+        model=None,
+        psnr=reached,
+        n_bytes=container.packed_size(header, sections),
+        n_nets=0,
+        n_blocks=0,
+        n_trivial=0,
+        fit_steps=0,
+        base=fitted,
+    )
+
+
 def _compress_base(volume: Volume, cfg: Config, t0: float) -> tuple[bytes, Report]:
     meta, sections, reached = encode_base(volume, cfg)
     header, sections = _with_mask(
@@ -227,7 +251,7 @@ def compress_volume(volume: Volume, cfg: Config, progress: bool = False) -> tupl
     def file_size(net: rate.Networks, split: int | None, corr: residual.Correction | None) -> int:
         return container.packed_size(*_file(volume, cfg, net, split, corr, ()))
 
-    choice = rate.choose(volume, cfg, networks, file_size)
+    choice = rate.choose(volume, cfg, networks, file_size, base=lambda c: base_stage(volume, c))
     net, corr = choice.networks, choice.correction
     header, sections = _file(volume, cfg, net, choice.split, corr, choice.tried)
     blob = pack(header, sections)
@@ -271,7 +295,11 @@ def _file(
     tried: tuple[dict[str, Any], ...],
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Header and sections of the file of these networks and residual layer."""
-    header = build_header(volume, cfg, net.meta, _reached(volume, net, corr))
+    reached = _reached(volume, net, corr)
+    if net.base is not None:
+        header = build_header(volume, cfg, None, reached, base_meta=net.meta)
+    else:
+        header = build_header(volume, cfg, net.meta, reached)
     if corr is None:
         return _with_mask(volume, header, net.sections)
     header["residual"] = {
@@ -572,7 +600,11 @@ class SinrArray:
         device = self._resolve_device()  # a bad device is an error for every kind of file
         try:
             if self.net is None:
-                internal = tucker.evaluate(self.base, tuple(region)).astype(np.float32)
+                prediction = tucker.evaluate(self.base, tuple(region))
+                if self._residual is None:
+                    internal = prediction.astype(np.float32)
+                else:
+                    internal = self._residual.apply(prediction, tuple(region))
             elif self._residual is None:
                 model = self.model
                 internal = decode.decode(model, tuple(region), device=device)

@@ -31,7 +31,7 @@ from .config import Config
 from .errors import ConfigError
 from .metrics import psnr_from_mse, ratio, rmse_for_psnr
 from .payloads import Model, Volume
-from .stages import decode, residual
+from .stages import decode, residual, tucker
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ RATIO_ITERATIONS = 16  # bisection steps of the ratio search
 STEP_ITERATIONS = 24  # bisection steps of the PSNR search (log scale)
 TOPUP_TRIES = 20  # tightenings of a PSNR top-up whose interpolated chunks err a little more
 TOPUP_TIGHTEN = 0.98  # factor of each tightening
+BASE_SPLIT = -1  # the "split" of a file whose residual corrects the whole-field base
 NO_NETWORK_BLOCK = 4096  # largest block (per axis) of a file without networks (split 0)
 
 
@@ -51,15 +52,16 @@ class Networks:
     """The network part of a file, as the pipeline made it for one configuration."""
 
     config: Config  # the configuration the networks were made with
-    meta: dict[str, Any]  # header["model"]
+    meta: dict[str, Any]  # header["model"] (header["base"] when ``base`` is set)
     sections: dict[str, bytes]
-    model: Model  # what a decoder rebuilds from ``meta`` and ``sections``
+    model: Model | None  # what a decoder rebuilds from ``meta`` and ``sections``
     psnr: float  # of the decoded networks alone
     n_bytes: int  # of the file holding these networks alone
     n_nets: int
     n_blocks: int
     n_trivial: int
     fit_steps: int
+    base: tucker.TuckerBase | None = None  # the whole-field base that stands in for networks
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,17 @@ class Choice:
 
 
 NetworkStage = Callable[[Config], Networks]
+BaseStage = Callable[[Config], "Networks | None"]  # the whole-field base, None where it cannot
 FileSize = Callable[[Networks, "int | None", "residual.Correction | None"], int]
 
 
-def choose(volume: Volume, cfg: Config, networks: NetworkStage, file_size: FileSize) -> Choice:
+def choose(
+    volume: Volume,
+    cfg: Config,
+    networks: NetworkStage,
+    file_size: FileSize,
+    base: BaseStage | None = None,
+) -> Choice:
     """Run the network stages as often as the target needs and pick the file to write.
 
     Parameters
@@ -89,6 +98,10 @@ def choose(volume: Volume, cfg: Config, networks: NetworkStage, file_size: FileS
         ``networks(config) -> Networks``: the network stages for one configuration.
     file_size : callable
         ``file_size(networks, split, correction) -> int``: bytes of the file these make.
+    base : callable, optional
+        ``base(config) -> Networks or None``: the whole-field base at ``config.psnr``; under a
+        bound it is one more prediction for the residual (split ``-1``), and the smallest
+        file wins.
 
     Raises
     ------
@@ -113,9 +126,15 @@ def choose(volume: Volume, cfg: Config, networks: NetworkStage, file_size: FileS
     n_nets = sum(1 for k in bound.split if k > 0)
     best: tuple[float, Choice] | None = None
     tried: list[dict[str, Any]] = []
-    for split in bound.split:
-        net_cfg = network_config(plain, split, net_psnr, n_nets, volume.data.shape)
-        cand = _Candidate.of(networks(net_cfg), split, cfg)
+    base_net = base(plain.replace(psnr=net_psnr)) if base is not None else None
+    splits = ([BASE_SPLIT] if base_net is not None else []) + list(bound.split)
+    for split in splits:
+        if split == BASE_SPLIT:
+            assert base_net is not None
+            cand = _Candidate.of(base_net, split, cfg)
+        else:
+            net_cfg = network_config(plain, split, net_psnr, n_nets, volume.data.shape)
+            cand = _Candidate.of(networks(net_cfg), split, cfg)
         net = cand.networks
         if err is not None:
             corr: residual.Correction | None = _correct(volume, cand, max_error=err)
@@ -285,6 +304,10 @@ class _Candidate:
 
     @classmethod
     def of(cls, net: Networks, split: int | None, cfg: Config) -> _Candidate:
+        if net.base is not None:
+            pred = tucker.evaluate(net.base)
+            return cls(net, pred, tucker.prediction_margin(net.base), tuple(cfg.bound.chunk))
+        assert net.model is not None
         pred = decode.decode(net.model, device=cfg.fit.device, dtype=np.float64)
         chunk = cfg.bound.chunk if split == 0 else net.model.block
         return cls(net, pred, residual.prediction_margin(net.model), tuple(chunk))

@@ -202,3 +202,20 @@ def test_effort_max_is_never_larger():
     assert sizes["max"] <= sizes["default"]
     with pytest.raises(sciinr.ConfigError, match="effort"):
         sciinr.Config(effort="huge")
+
+
+@pytest.mark.parametrize("rel", [1e-2, 1e-3])
+def test_error_bound_rides_on_the_base(rel):
+    import sciinr
+
+    x = smooth_field(4, 8, 16, 16)
+    cfg = sciinr.Config().replace(**{"bound.split": (0,)})
+    blob = sciinr.compress(x, config=cfg, rel_error=rel)
+    info = sciinr.info(blob)
+    assert info["residual"]["split"] == -1  # the base won over "no networks"
+    out = sciinr.decompress(blob)
+    assert np.abs(out.astype(np.float64) - x).max() <= rel * np.ptp(x)
+    arr = sciinr.open(blob)
+    np.testing.assert_array_equal(arr[2, 1:5], out[2, 1:5])
+    with pytest.raises(sciinr.InputError, match="error bound"):
+        arr.sample([[0, 0, 0, 0]])

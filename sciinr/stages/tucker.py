@@ -351,6 +351,17 @@ def evaluate_grid(base: TuckerBase, coords: list[np.ndarray]) -> np.ndarray:
     return _multiply(base.core(), mats) + base.mean
 
 
+def prediction_margin(base: TuckerBase) -> float:
+    """Largest difference (original units) between two float64 evaluations of the base on
+    different machines: each sum of ``k`` products errs by at most ``k`` roundings of the
+    largest magnitude it can reach, ``sum |G| * prod max |U|``."""
+    peak = float(np.abs(base.core()).sum()) * math.prod(
+        float(np.abs(f).max()) for f in base.factors()
+    )
+    k = sum(base.ranks) + 4
+    return 2.0 * k * 2.0**-52 * (peak + abs(base.mean)) + 1e-300
+
+
 def sample(base: TuckerBase, points: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """Values at float ``(t, z, y, x)`` index coordinates ``points`` (P, 4), clamped to the
     grid; factor rows are interpolated linearly, i.e. multilinear interpolation."""
