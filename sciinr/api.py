@@ -7,6 +7,7 @@ decompress: container -> encode (inverse) -> decode (only the blocks asked for)
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -27,6 +28,7 @@ from .payloads import Model, Volume
 from .stages import (
     cluster,
     container,
+    dataset,
     decode,
     encode,
     fit,
@@ -55,6 +57,9 @@ class Report:
     sections: dict[str, int] = field(default_factory=dict)
     max_error: float | None = None  # guaranteed at every voxel (residual layer), else None
     residual_bytes: int = 0  # bytes of the residual layer (issue 7)
+    measured_max_error: float | None = None  # largest |original - decoded| seen, no guarantee
+    value_range: tuple[float, float] | None = None  # of the original
+    dims: tuple[tuple[str, int], ...] = ()  # name and size of each axis
 
     @property
     def ratio(self) -> float:
@@ -82,6 +87,15 @@ def build_header(
 ) -> dict[str, Any]:
     """The JSON header of a ``.sinr`` file (without its section table)."""
     lo, hi = volume.value_range
+    selected = {}
+    if volume.selection is not None and volume.source_shape is not None:
+        selected = {
+            "selection": {
+                "source_shape": list(volume.source_shape),
+                "start": [a for a, _ in volume.selection],
+                "stop": [b for _, b in volume.selection],
+            }
+        }
     return {
         "sciinr": __version__,
         "variable": volume.variable,
@@ -95,6 +109,7 @@ def build_header(
         "psnr": reached if math.isfinite(reached) else None,
         "config": config_record(cfg),
         "model": model_meta,
+        **selected,
     }
 
 
@@ -131,8 +146,12 @@ def compress_volume(volume: Volume, cfg: Config, progress: bool = False) -> tupl
     model = Model.from_fit(blocks, fitted, arrays=small.arrays)
     meta, sections = encode.encode_model(model, small)
     stored = encode.decode_model(meta, sections)
-    reached = psnr(volume.data, decode.decode(stored, device=fit.resolve_device(cfg.fit.device)))
+    decoded = decode.decode(stored, device=fit.resolve_device(cfg.fit.device))
+    reached = psnr(volume.data, decoded)
+    worst = float(np.abs(decoded.astype(np.float64) - volume.data).max())
+    del decoded
     header = build_header(volume, cfg, meta, reached)
+    header["max_abs_error"] = worst  # measured, not guaranteed (see "residual" for a bound)
     blob = container.pack(header, sections)
     seconds = time.perf_counter() - t0
     report = Report(
@@ -143,8 +162,11 @@ def compress_volume(volume: Volume, cfg: Config, progress: bool = False) -> tupl
         n_nets=fitted.shape.n_nets,
         n_blocks=blocks.n_blocks,
         n_trivial=int(blocks.trivial.sum()),
+        value_range=(lo, hi),
+        dims=tuple(zip(volume.dims, volume.orig_shape, strict=True)),
         fit_steps=fitted.steps,
         sections={k: len(v) for k, v in sections.items()},
+        measured_max_error=worst,
     )
     logger.info(
         "compressed %s: ratio %.1f, PSNR %.2f dB, %.1f s",
@@ -171,6 +193,8 @@ def compress(
     max_error: float | None = None,
     rel_error: float | None = None,
     ratio: float | None = None,
+    time: str | tuple[int | None, int | None] | None = None,
+    crop: str | tuple[tuple[int | None, int | None], ...] | None = None,
 ) -> bytes | Path:
     """Compress a field.
 
@@ -202,6 +226,10 @@ def compress(
         The same bound as a fraction of the value range (max - min).
     ratio : float, optional
         Aim at this compression ratio (within 5 %) with the best PSNR reachable.
+    time : str or (int, int), optional
+        Compress only these time steps, ``"A:B"`` or ``(A, B)`` (the header records it).
+    crop : str or tuple of (int, int), optional
+        Compress only this box, ``"z0:z1,y0:y1,x0:x1"`` (one range per spatial axis).
 
     Returns
     -------
@@ -228,11 +256,25 @@ def compress(
         cfg = cfg.replace(**{f"bound.{k}": v for k, v in bounds.items()})
     if out is not None:
         write.check_destination(Path(out), overwrite)
-    volume = read.read(data, var=var, time_dim=time_dim, dims=dims)
+    volume = read.read(data, var=var, time_dim=time_dim, dims=dims, select=make_select(time, crop))
     blob, _ = compress_volume(volume, cfg, progress=progress)
     if out is None:
         return blob
     return write.write_bytes(Path(out), blob, overwrite=overwrite)
+
+
+def make_select(time: Any = None, crop: Any = None) -> read.Select | None:
+    """A :class:`~sciinr.stages.read.Select` from ``"A:B"`` / ``"z0:z1,y0:y1,x0:x1"`` or tuples."""
+    if time is None and crop is None:
+        return None
+    if isinstance(time, str):
+        time = read.parse_range(time)
+    if isinstance(crop, str):
+        crop = read.parse_crop(crop)
+    return read.Select(
+        time=tuple(time) if time is not None else None,
+        crop=tuple(tuple(c) for c in crop) if crop is not None else None,
+    )
 
 
 class SinrArray:
@@ -249,11 +291,25 @@ class SinrArray:
     >>> arr[3].shape                          # one time step, decoded alone  # doctest: +SKIP
     """
 
-    def __init__(self, source: bytes | str | Path, device: str = "auto"):
+    def __init__(
+        self, source: bytes | str | Path, device: str = "auto", variable: str | None = None
+    ):
         data, self.source = _read_source(source)
         self.header, self._sections = container.unpack(data, self.source)
         self.nbytes_file = len(data)
         self.format_version = container.version_of(data)
+        if dataset.is_dataset(self.header):  # one field of a dataset file
+            self.header, self._sections = dataset.select_field(
+                self.header, self._sections, variable, self.source
+            )
+            # this variable's share: its sections and its header entry
+            self.nbytes_file = sum(map(len, self._sections.values())) + len(
+                json.dumps(self.header, separators=(",", ":"))
+            )
+        elif variable is not None and variable != self.header.get("variable"):
+            raise InputError(
+                f"{self.source}: no variable {variable!r} (has: {self.header.get('variable')})"
+            )
         h = self.header
         container.check_field_header(h, self.source)
         try:
@@ -454,8 +510,13 @@ def _shape4_of(shape: tuple[int, ...], has_time: bool) -> tuple[int, ...]:
     return (t, *((1,) * (3 - len(spatial))), *spatial)
 
 
-def open(source: bytes | str | Path, device: str = "auto") -> SinrArray:
+def open(
+    source: bytes | str | Path, device: str = "auto", variable: str | None = None
+) -> SinrArray:
     """Open a ``.sinr`` file (or bytes) lazily; index it to decode only what is asked for.
+
+    ``variable`` picks one compressed variable of a dataset file (several variables); it may
+    be left out when the file holds one.
 
     The whole header is verified (checksums, types, sizes) before this returns; the
     networks are decoded on the first index.
@@ -467,11 +528,16 @@ def open(source: bytes | str | Path, device: str = "auto") -> SinrArray:
     FormatError
         Not a .sinr file, truncated, corrupted, or from a newer format version.
     """
-    return SinrArray(source, device=device)
+    return SinrArray(source, device=device, variable=variable)
 
 
 def decompress(
-    source: bytes | str | Path, *, time: Any = None, region: Any = None, device: str = "auto"
+    source: bytes | str | Path,
+    *,
+    time: Any = None,
+    region: Any = None,
+    device: str = "auto",
+    variable: str | None = None,
 ) -> np.ndarray:
     """Decode a ``.sinr`` file or bytes to a NumPy array.
 
@@ -483,8 +549,10 @@ def decompress(
     region : tuple or str, optional
         Basic index over all axes (``(3, slice(0, 32), ...)`` or ``"3,0:32,:,:"``).
     device : {"auto", "cpu", "cuda"}, default: "auto"
+    variable : str, optional
+        The variable of a dataset file holding several.
     """
-    arr = SinrArray(source, device=device)
+    arr = SinrArray(source, device=device, variable=variable)
     if isinstance(region, str):
         region = parse_index(region)
     key: tuple[Any, ...] = (
@@ -501,8 +569,11 @@ def decompress(
     return arr[key if key else ...]
 
 
-def info(source: bytes | str | Path) -> dict[str, Any]:
+def info(source: bytes | str | Path, variable: str | None = None) -> dict[str, Any]:
     """Describe a ``.sinr`` file without decoding its values.
+
+    For a dataset file: ``variable`` picks one variable (its description as for a
+    single-field file); without it, the dataset's summary with one entry per variable.
 
     Raises
     ------
@@ -511,7 +582,14 @@ def info(source: bytes | str | Path) -> dict[str, Any]:
     FormatError
         Not a .sinr file, truncated, corrupted, or from a newer format version.
     """
-    arr = SinrArray(source)
+    if variable is None:
+        data, name = _read_source(source)
+        head, _ = container.unpack(data, name)
+        if dataset.is_dataset(head):
+            from .datafile import info as dataset_info
+
+            return dataset_info(data, name)
+    arr = SinrArray(source, variable=variable)
     n_values = math.prod(arr.shape)
     h = arr.header
     model_meta = h.get("model") or {}
@@ -549,6 +627,8 @@ def info(source: bytes | str | Path) -> dict[str, Any]:
             "omega0": arr.net.omega0,
         },
         "sections": {k: len(v) for k, v in arr._sections.items()},
+        "measured_max_error": h.get("max_abs_error"),
+        "selection": h.get("selection"),
         **_residual_info(h.get("residual"), arr),
         "attrs": arr.attrs,
     }
@@ -819,6 +899,8 @@ def _assemble(
     t0: float,
 ) -> tuple[bytes, Report]:
     header = {**net.header, "config": config_record(cfg)}
+    if corr is not None:
+        header.pop("max_abs_error", None)  # measured on the networks alone
     sections = dict(net.sections)
     reached = net.report.psnr
     if corr is not None:

@@ -34,6 +34,9 @@ class Volume:
     variable: str = "data"
     attrs: dict[str, Any] = field(default_factory=dict)
     source: str = "<array>"
+    # (start, stop) per original axis when only part of the source was read, and its shape
+    selection: tuple[tuple[int, int], ...] | None = None
+    source_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.data.ndim != 4 or self.data.dtype != np.float32:

@@ -85,8 +85,10 @@ def test_info(sinr_file, capsys):
     _, sinr = sinr_file
     assert main(["info", str(sinr)]) == 0
     out = capsys.readouterr().out
-    for word in ("ratio", "psnr", "networks", "parameters", "sparsity", "theta"):
+    for word in ("ratio", "PSNR", "max error", "networks", "parameters", "sparsity", "theta"):
         assert word in out
+    assert "time=4 z=8 y=16 x=16" in out
+    assert "no pointwise guarantee" in out
 
 
 def _error_line(capsys):

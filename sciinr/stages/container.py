@@ -27,7 +27,7 @@ from typing import Any
 from ..errors import FormatError
 
 MAGIC = b"\x89SINR\r\n\x1a"
-MAJOR = 1
+MAJOR = 2  # newest major version read; a single-field file is still written as 1.0
 MINOR = 0
 _PREFIX = struct.Struct("<8sHHI")
 PREFIX_SIZE = _PREFIX.size  # 16
@@ -45,8 +45,13 @@ _OTHER_MAGICS = {
 }
 
 
-def pack(header: dict[str, Any], sections: dict[str, bytes]) -> bytes:
-    """Serialize a header (JSON types) and named sections into one ``.sinr`` byte string."""
+def pack(header: dict[str, Any], sections: dict[str, bytes], major: int = 1) -> bytes:
+    """Serialize a header (JSON types) and named sections into one ``.sinr`` byte string.
+
+    ``major``: 1 for a single-field file, 2 for a dataset file (several variables).
+    """
+    if len(sections) > MAX_SECTIONS:
+        raise ValueError(f"{len(sections)} sections exceed {MAX_SECTIONS}")
     table, offset = [], 0
     for name, data in sections.items():
         if not _NAME.match(name):
@@ -60,7 +65,7 @@ def pack(header: dict[str, Any], sections: dict[str, bytes]) -> bytes:
     ).encode()
     if len(head) > MAX_HEADER:
         raise ValueError(f"header of {len(head)} bytes exceeds {MAX_HEADER}")
-    prefix = _PREFIX.pack(MAGIC, MAJOR, MINOR, len(head)) + head
+    prefix = _PREFIX.pack(MAGIC, major, 0, len(head)) + head
     return b"".join([prefix, struct.pack("<I", zlib.crc32(prefix)), *sections.values()])
 
 
