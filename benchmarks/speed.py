@@ -84,7 +84,7 @@ def steady_training(volume, cfg, n_steps: int = 20, profile: bool = False) -> fl
     assignment = cluster.cluster(blocks, cfg.cluster, seed=cfg.seed)
     if blocks.n_fit == 0:
         return float("nan")
-    device = fit.resolve_device(cfg.fit.device)
+    device = fit.resolve_device(cfg.fit.device)  # imported there from sciinr.nets
     shape = fit.net_shape(cfg.fit, assignment.n_nets, blocks.n_fit)
     net = BatchedSiren(shape, torch.Generator().manual_seed(0)).to(device)
     evaluator = fit._Evaluator(blocks, device, cfg.fit.width)

@@ -6,11 +6,9 @@ decompress: container -> encode (inverse) -> decode (only the blocks asked for)
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from os import PathLike
@@ -20,12 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import rate
 from ._version import __version__
 from .config import Config
 from .errors import ConfigError, FormatError, InputError
 from .metrics import bits_per_value, psnr, psnr_from_mse, ratio, rmse_for_psnr
+from .nets import resolve_device
 from .payloads import Model, Volume
 from .stages import (
+    budget,
     cluster,
     container,
     dataset,
@@ -56,7 +57,7 @@ class Report:
     fit_steps: int
     sections: dict[str, int] = field(default_factory=dict)
     max_error: float | None = None  # guaranteed at every voxel (residual layer), else None
-    residual_bytes: int = 0  # bytes of the residual layer (issue 7)
+    residual_bytes: int = 0  # bytes of the residual layer
     measured_max_error: float | None = None  # largest |original - decoded| seen, no guarantee
     value_range: tuple[float, float] | None = None  # of the original
     dims: tuple[tuple[str, int], ...] = ()  # name and size of each axis
@@ -113,69 +114,128 @@ def build_header(
     }
 
 
-def compress_volume(volume: Volume, cfg: Config, progress: bool = False) -> tuple[bytes, Report]:
-    """Run the whole pipeline on a volume; returns the ``.sinr`` bytes and a :class:`Report`."""
-    if cfg.bound.target is not None or cfg.bound.psnr_topup:  # issue 7: see the end of file
-        return _compress_with_residual(volume, cfg, progress)
-    t0 = time.perf_counter()
+def encode_networks(volume: Volume, cfg: Config, progress: bool = False) -> rate.Networks:
+    """The network stages: partition -> cluster -> fit -> shrink -> encode (no file yet).
+
+    The networks are decoded once, as a reader will, to measure the PSNR they reach.
+    """
     lo, hi = volume.value_range
     value_range = hi - lo
     tolerance = rmse_for_psnr(cfg.psnr, value_range)
     blocks = partition.partition(volume, cfg.partition, tolerance)
     assignment = cluster.cluster(blocks, cfg.cluster, seed=cfg.seed)
-    fitted = fit.fit(
-        blocks,
-        assignment,
-        cfg.fit,
-        target_psnr=cfg.psnr,
-        value_range=value_range,
-        seed=cfg.seed,
-        progress=progress,
-    )
-    small = shrink.shrink(
-        blocks,
-        assignment,
-        fitted,
-        cfg.shrink,
-        cfg.fit,
-        target_psnr=cfg.psnr,
-        value_range=value_range,
-        seed=cfg.seed,
-        progress=progress,
-    )
+    common = dict(target_psnr=cfg.psnr, value_range=value_range, seed=cfg.seed, progress=progress)
+    fitted = fit.fit(blocks, assignment, cfg.fit, **common)
+    small = shrink.shrink(blocks, assignment, fitted, cfg.shrink, cfg.fit, **common)
     model = Model.from_fit(blocks, fitted, arrays=small.arrays)
     meta, sections = encode.encode_model(model, small)
     stored = encode.decode_model(meta, sections)
-    decoded = decode.decode(stored, device=fit.resolve_device(cfg.fit.device))
+    decoded = decode.decode(stored, device=cfg.fit.device)
     reached = psnr(volume.data, decoded)
     worst = float(np.abs(decoded.astype(np.float64) - volume.data).max())
     del decoded
-    header = build_header(volume, cfg, meta, reached)
-    header["max_abs_error"] = worst  # measured, not guaranteed (see "residual" for a bound)
-    blob = container.pack(header, sections)
-    seconds = time.perf_counter() - t0
-    report = Report(
-        n_values=volume.data.size,
-        n_bytes=len(blob),
+    return rate.Networks(
+        config=cfg,
+        meta=meta,
+        sections=sections,
+        model=stored,
         psnr=reached,
-        seconds=seconds,
+        n_bytes=container.packed_size(build_header(volume, cfg, meta, reached), sections),
         n_nets=fitted.shape.n_nets,
         n_blocks=blocks.n_blocks,
         n_trivial=int(blocks.trivial.sum()),
-        value_range=(lo, hi),
-        dims=tuple(zip(volume.dims, volume.orig_shape, strict=True)),
         fit_steps=fitted.steps,
-        sections={k: len(v) for k, v in sections.items()},
-        measured_max_error=worst,
+        max_abs_error=worst,
     )
+
+
+def compress_volume(volume: Volume, cfg: Config, progress: bool = False) -> tuple[bytes, Report]:
+    """Run the whole pipeline on a volume; returns the ``.sinr`` bytes and a :class:`Report`.
+
+    The composition: the network stages (:func:`encode_networks`) model the field block by
+    block; rate control (:func:`sciinr.rate.choose`) decides how often to run them and
+    which residual layer (:mod:`sciinr.stages.residual`) corrects their prediction; the
+    container packs the result, once. A whole-field prediction stage would slot in first,
+    the blocks then modelling ``volume.data - prediction``.
+    """
+    t0 = time.perf_counter()
+
+    def networks(c: Config) -> rate.Networks:
+        return encode_networks(volume, c, progress=progress)
+
+    def file_size(net: rate.Networks, split: int | None, corr: residual.Correction | None) -> int:
+        return container.packed_size(*_file(volume, cfg, net, split, corr, ()))
+
+    choice = rate.choose(volume, cfg, networks, file_size)
+    net, corr = choice.networks, choice.correction
+    header, sections = _file(volume, cfg, net, choice.split, corr, choice.tried)
+    blob = container.pack(header, sections)
+    report = Report(
+        n_values=volume.data.size,
+        n_bytes=len(blob),
+        psnr=_reached(volume, net, corr),
+        seconds=time.perf_counter() - t0,
+        n_nets=net.n_nets,
+        n_blocks=net.n_blocks,
+        n_trivial=net.n_trivial,
+        fit_steps=net.fit_steps,
+        sections={k: len(v) for k, v in sections.items()},
+        max_error=corr.max_error if corr is not None else None,
+        residual_bytes=corr.n_bytes if corr is not None else 0,
+        measured_max_error=net.max_abs_error if corr is None else None,
+        value_range=volume.value_range,
+        dims=tuple(zip(volume.dims, volume.orig_shape, strict=True)),
+    )
+    if corr is not None:
+        logger.info(
+            "residual layer: max error %.6g, %d + %d bytes (network + residual), %d exact voxels",
+            corr.max_error,
+            net.n_bytes,
+            corr.n_bytes,
+            corr.n_exact,
+        )
     logger.info(
         "compressed %s: ratio %.1f, PSNR %.2f dB, %.1f s",
         volume.variable,
         report.ratio,
-        reached,
-        seconds,
+        report.psnr,
+        report.seconds,
     )
     return blob, report
+
+
+def _file(
+    volume: Volume,
+    cfg: Config,
+    net: rate.Networks,
+    split: int | None,
+    corr: residual.Correction | None,
+    tried: tuple[dict[str, Any], ...],
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Header and sections of the file of these networks and residual layer."""
+    header = build_header(volume, cfg, net.meta, _reached(volume, net, corr))
+    if corr is None:
+        if net.max_abs_error is not None:  # measured, not guaranteed ("residual": a bound)
+            header["max_abs_error"] = net.max_abs_error
+        return header, net.sections
+    header["residual"] = {
+        **corr.meta,
+        "mode": cfg.bound.target or "psnr",
+        "network_bytes": net.n_bytes,
+        "residual_bytes": corr.n_bytes,
+        "network_psnr": net.psnr if math.isfinite(net.psnr) else None,
+        "split": split,
+        "tried": list(tried),
+    }
+    return header, {**net.sections, **corr.sections}
+
+
+def _reached(volume: Volume, net: rate.Networks, corr: residual.Correction | None) -> float:
+    """PSNR of the decoded file: the networks', or with the residual layer added."""
+    if corr is None:
+        return net.psnr
+    lo, hi = volume.value_range
+    return psnr_from_mse(corr.sse / volume.data.size, hi - lo)
 
 
 def compress(
@@ -255,6 +315,7 @@ def compress(
     if any(v is not None for v in bounds.values()):
         cfg = cfg.replace(**{f"bound.{k}": v for k, v in bounds.items()})
     if out is not None:
+        write.refuse_same_file(data, Path(out))
         write.check_destination(Path(out), overwrite)
     volume = read.read(data, var=var, time_dim=time_dim, dims=dims, select=make_select(time, crop))
     blob, _ = compress_volume(volume, cfg, progress=progress)
@@ -295,6 +356,7 @@ class SinrArray:
         self, source: bytes | str | Path, device: str = "auto", variable: str | None = None
     ):
         data, self.source = _read_source(source)
+        self._bytes = data if self.source == "<bytes>" else None  # what dask tasks reopen
         self.header, self._sections = container.unpack(data, self.source)
         self.nbytes_file = len(data)
         self.format_version = container.version_of(data)
@@ -313,9 +375,12 @@ class SinrArray:
         h = self.header
         container.check_field_header(h, self.source)
         try:
-            self._shape4, _, self.net = encode.validate_meta(h["model"])
+            self._shape4, block, self.net = encode.validate_meta(h["model"])
+            n_blocks = math.prod(-(-s // b) for s, b in zip(self._shape4, block, strict=True))
+            budget.check_model(n_blocks, self.net, self.nbytes_file)
         except FormatError as exc:
             raise FormatError(f"{self.source}: {exc}") from None
+        self._model_bytes = budget.model_bytes(n_blocks, self.net)
         self.shape: tuple[int, ...] = tuple(h["shape"])
         self.dims: tuple[str, ...] = tuple(h["dims"])
         self.has_time: bool = h["has_time"]
@@ -329,7 +394,7 @@ class SinrArray:
         self.variable: str = h["variable"]
         self.psnr: float | None = h.get("psnr")
         self._model: Model | None = None
-        self._residual: residual.Layer | None = None  # issue 7: error-bounded files
+        self._residual: residual.Layer | None = None  # error-bounded files
         if "residual" in h:
             try:
                 self._residual = residual.Layer(h["residual"], self._sections, self._shape4)
@@ -348,7 +413,9 @@ class SinrArray:
             try:
                 # a valid file never overflows float32 while its model is decoded
                 with np.errstate(over="raise", invalid="raise"):
-                    self._model = encode.decode_model(self.header["model"], self._sections)
+                    self._model = encode.decode_model(
+                        self.header["model"], self._sections, n_bytes=self.nbytes_file
+                    )
             except FormatError as exc:
                 raise FormatError(f"{self.source}: {exc}") from None
             except FloatingPointError:
@@ -370,6 +437,10 @@ class SinrArray:
             if isinstance(k, int):
                 region[axis] = (k, k + 1)
                 post.append(0)
+            elif isinstance(k, np.ndarray):  # decode the span it covers, then take
+                lo = int(k.min()) if k.size else 0
+                region[axis] = (lo, int(k.max()) + 1 if k.size else 0)
+                post.append(k - lo)
             else:
                 start, stop, step = k
                 if stop <= start:
@@ -378,40 +449,52 @@ class SinrArray:
                 else:
                     region[axis] = (start, stop)
                     post.append(slice(None, None, step))
-        model = self.model
-        n = math.prod(b - a for a, b in region)
+        # the memory check comes before the model exists: its arrays count too
+        n = budget.n_values(tuple(region))
+        need = budget.output_bytes(n, self.dtype.itemsize)
+        need += self._model_bytes if self._model is None else 0
+        avail = budget.available_memory()
         too_big = InputError(
-            f"{self.source}: decoding {n} values ({n * 4 / 1e9:.1f} GB) does not fit in "
-            "memory; decode one time step or a region"
+            f"{self.source}: decoding {n} values (about {need / 1e9:.1f} GB with temporaries) "
+            f"does not fit in memory ({avail / 1e9:.1f} GB available); decode one time step "
+            "or a region"
         )
-        if n * (4 + self.dtype.itemsize) > _physical_memory():
+        if need > avail:
             raise too_big
         try:
-            if self._residual is not None:  # issue 7: float64 prediction + residual layer
-                internal = residual.decode_region(
-                    model, self._residual, tuple(region), device=self._resolve_device()
-                )
-            else:
+            model = self.model
+            if self._residual is None:
                 internal = decode.decode(model, tuple(region), device=self._resolve_device())
+            else:  # the float64 prediction the residual layer corrects
+                prediction = decode.decode(
+                    model, tuple(region), device=self._resolve_device(), dtype=np.float64
+                )
+                internal = self._residual.apply(prediction, tuple(region))
+            finite = bool(np.isfinite(internal).all())
+            sub = internal.reshape([region[a][1] - region[a][0] for a in self._axes()])
+            out = np.ascontiguousarray(sub[tuple(post)]).astype(self.dtype, copy=False)
         except MemoryError:
             raise too_big from None
-        if not np.isfinite(internal).all():  # e.g. crafted parameters that overflow float32
+        if not finite:  # e.g. crafted parameters that overflow float32
             raise FormatError(f"{self.source}: corrupted model (it decodes to non-finite values)")
-        sub = internal.reshape([region[a][1] - region[a][0] for a in self._axes()])
-        return np.ascontiguousarray(sub[tuple(post)]).astype(self.dtype, copy=False)
+        return out
 
-    def _resolve_device(self) -> Any:
-        try:
-            dev = fit.resolve_device(self._device)
-        except RuntimeError:
-            raise ConfigError(f"unknown device {self._device!r} (use auto, cpu or cuda)") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"device {self._device!r}: no CUDA device is available")
-        return dev
+    def _resolve_device(self) -> torch.device:
+        return resolve_device(self._device)
 
     def read(self) -> np.ndarray:
         """The whole field."""
         return self[...]
+
+    def to_dask(self, chunks: Any = None) -> Any:
+        """A lazy :class:`dask.array.Array` of the field (needs ``sciinr[dask]``).
+
+        Each chunk is a region decode of this file (by path, or its bytes); the default chunks
+        are one block of time steps by the whole space (see :func:`sciinr.parallel.to_dask`).
+        """
+        from . import parallel
+
+        return parallel.to_dask(self, chunks)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         arr = self.read()
@@ -425,13 +508,18 @@ class SinrArray:
 
 
 def _normalize_key(key: Any, shape: tuple[int, ...]) -> list[Any]:
-    """Basic NumPy indexing -> per-axis int or (start, stop, step>0)."""
+    """NumPy indexing -> per-axis int, (start, stop, step>0) or an int64 array of indices.
+
+    Integers, slices with a positive step, one ellipsis, and at most one integer array or
+    boolean mask (1-D, along one axis) are supported; anything else is an :class:`InputError`.
+    """
     if not isinstance(key, tuple):
         key = (key,)
-    if sum(k is Ellipsis for k in key) > 1:
+    ellipses = [i for i, k in enumerate(key) if k is Ellipsis]  # identity: arrays compare
+    if len(ellipses) > 1:
         raise InputError("an index can only have a single ellipsis")
-    if Ellipsis in key:
-        i = key.index(Ellipsis)
+    if ellipses:
+        i = ellipses[0]
         key = key[:i] + (slice(None),) * (len(shape) - len(key) + 1) + key[i + 1 :]
     if len(key) > len(shape):
         raise InputError(f"too many indices ({len(key)}) for a {len(shape)}-D field")
@@ -444,13 +532,42 @@ def _normalize_key(key: Any, shape: tuple[int, ...]) -> list[Any]:
                 raise InputError(f"index {int(k)} is out of bounds for an axis of size {n}")
             out.append(i)
         elif isinstance(k, slice):
-            start, stop, step = k.indices(n)
+            try:
+                start, stop, step = k.indices(n)
+            except (TypeError, ValueError) as exc:  # a zero step, or non-integer bounds
+                raise InputError(f"bad slice {_show_slice(k)}: {exc}") from None
             if step <= 0:
                 raise InputError("negative slice steps are not supported")
             out.append((start, max(start, stop), step))
+        elif isinstance(k, list | np.ndarray):
+            out.append(_array_index(k, n))
         else:
-            raise InputError(f"unsupported index {k!r}: use integers and slices")
+            raise InputError(f"unsupported index {k!r}: use integers, slices or one index array")
+    if sum(isinstance(k, np.ndarray) for k in out) > 1:
+        raise InputError("at most one index array or boolean mask is supported")
     return out
+
+
+def _show_slice(k: slice) -> str:
+    parts = ["" if v is None else str(v) for v in (k.start, k.stop, k.step)]
+    return ":".join(parts)
+
+
+def _array_index(k: Any, n: int) -> np.ndarray:
+    """An integer array or boolean mask along an axis of size ``n`` -> int64 indices."""
+    arr = np.asarray(k)
+    if arr.ndim != 1:
+        raise InputError(f"an index array must be 1-D (got {arr.ndim}-D)")
+    if arr.dtype == bool:
+        if arr.size != n:
+            raise InputError(f"boolean index of length {arr.size} for an axis of size {n}")
+        return np.flatnonzero(arr)
+    if arr.size and arr.dtype.kind not in "iu":
+        raise InputError(f"index arrays must hold integers or booleans, not {arr.dtype}")
+    idx = arr.astype(np.int64)
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        raise InputError(f"index array out of bounds for an axis of size {n}")
+    return np.where(idx < 0, idx + n, idx)
 
 
 def parse_index(text: str) -> tuple[Any, ...]:
@@ -482,26 +599,13 @@ def _read_source(source: Any) -> tuple[bytes, str]:
     if not isinstance(source, str | PathLike):
         raise InputError(f"cannot open a {type(source).__name__} as .sinr: give a path or bytes")
     path = Path(source)
+    read.regular_file(path, "a .sinr file")
     try:
-        if path.is_dir():
-            raise InputError(f"{path}: is a directory, not a .sinr file")
-        if not path.exists():
-            raise InputError(f"{path}: no such file")
-        if not path.is_file():
-            raise InputError(f"{path}: not a regular file")
         with path.open("rb") as fh:  # a large file that is not a .sinr is not read whole
             head = fh.read(len(container.MAGIC))
             return (head + fh.read() if head == container.MAGIC else head), str(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
-
-
-def _physical_memory() -> int:
-    """Bytes of RAM of this machine (a decode asking for more is refused before allocating)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return 1 << 62
 
 
 def _shape4_of(shape: tuple[int, ...], has_time: bool) -> tuple[int, ...]:
@@ -678,264 +782,6 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_json_safe(v) for v in obj]
     return obj
-
-
-# ----------------------------------------------------------------------------- issue 7
-# Error bounds, ratio target and PSNR top-up. The network pipeline above runs unchanged
-# (compress_volume with the bound switched off); its file gets a residual layer
-# (stages/residual.py) added to it. Under a bound or a ratio, a few network sizes are tried
-# (``bound.split``) and the smallest file (best PSNR for a ratio) is kept.
-
-RATIO_TOLERANCE = 0.05
-
-
-@dataclass
-class _Network:
-    """One network-only file of the pipeline, unpacked, with its float64 prediction."""
-
-    split: int | None  # network size (bound.split entry); None: the configured network
-    header: dict[str, Any]
-    sections: dict[str, bytes]
-    report: Report
-    model: Model
-    prediction: np.ndarray  # (T, Z, Y, X) float64
-    margin: float  # residual.prediction_margin of the model
-    chunk: tuple[int, int, int, int]  # residual chunk: the block, or bound.chunk without networks
-
-    @property
-    def n_bytes(self) -> int:
-        return self.report.n_bytes
-
-
-def _network(volume: Volume, cfg: Config, split: int | None, progress: bool) -> _Network:
-    blob, report = compress_volume(volume, cfg, progress=progress)
-    header, sections = container.unpack(blob)
-    model = encode.decode_model(header["model"], sections)
-    pred = residual.predict(model, device=fit.resolve_device(cfg.fit.device))
-    chunk = cfg.bound.chunk if split == 0 else model.block
-    margin = residual.prediction_margin(model)
-    return _Network(split, header, sections, report, model, pred, margin, tuple(chunk))
-
-
-def _network_config(
-    plain: Config, split: int, net_psnr: float, n_nets: int, shape4: tuple[int, ...]
-) -> Config:
-    """The pipeline's config for one network size.
-
-    ``split`` 0: no networks; one block (the whole field, up to 4096 per axis) stored as its
-    mid-value, so the residual is the field itself, smooth across chunks.
-    """
-    if split == 0:
-        return plain.replace(
-            psnr=10.0,
-            **{
-                "partition.trivial_fraction": 10.0,
-                "partition.block": tuple(min(int(s), 4096) for s in shape4),
-            },
-        )
-    return plain.replace(
-        psnr=net_psnr,
-        **{
-            "cluster.blocks_per_net": min(4096, plain.cluster.blocks_per_net * split),
-            "fit.max_seconds": plain.fit.max_seconds / max(1, n_nets),
-        },
-    )
-
-
-def _compress_with_residual(volume: Volume, cfg: Config, progress: bool) -> tuple[bytes, Report]:
-    t0 = time.perf_counter()
-    bound = cfg.bound
-    lo, hi = volume.value_range
-    vr = hi - lo
-    plain = cfg.replace(  # the network pipeline alone
-        bound=dataclasses.replace(
-            bound, max_error=None, rel_error=None, ratio=None, psnr_topup=False
-        )
-    )
-    if bound.target is None:  # PSNR target: close the gap when the networks fall short
-        net = _network(volume, plain, None, progress)
-        reached = net.report.psnr
-        if not bound.psnr_topup or not math.isfinite(reached) or reached >= cfg.psnr:
-            return _assemble(volume, cfg, net, None, [], t0)
-        step = _step_for_psnr(volume.data, net.prediction, cfg.psnr, vr)
-        corr = _residual(volume, net, step=step)
-        for _ in range(20):  # chunks coded by interpolation may err a little more: tighten
-            if psnr_from_mse(corr.sse / volume.data.size, vr) >= cfg.psnr:
-                break
-            step *= 0.98
-            corr = _residual(volume, net, step=step)
-        return _assemble(volume, cfg, net, corr, [], t0)
-
-    n_nets = sum(1 for k in bound.split if k > 0)
-    if bound.target == "max_error":
-        err = bound.max_error
-        if err is None:
-            err = bound.rel_error * (vr if vr > 0 else max(abs(lo), 1.0))
-        rms = err / math.sqrt(3)  # RMS error of a uniform quantizer of step 2 * err
-        auto = 20 * math.log10(vr / rms) if vr > 0 else cfg.psnr
-        # networks train to the PSNR target, or to the bound's own PSNR where that is lower
-        net_psnr = bound.network_psnr or min(cfg.psnr, max(10.0, auto))
-    else:
-        err = None
-        net_psnr = bound.network_psnr or cfg.psnr
-    best: tuple[float, _Network, residual.Correction | None] | None = None
-    tried: list[dict[str, Any]] = []
-    for split in bound.split:
-        net_cfg = _network_config(plain, split, net_psnr, n_nets, volume.data.shape)
-        net = _network(volume, net_cfg, split, progress)
-        if err is not None:
-            corr: residual.Correction | None = _residual(volume, net, max_error=err)
-        else:
-            fits, corr, smallest = _residual_for_ratio(volume, cfg, net, bound.ratio)
-            if not fits:
-                tried.append({"split": split, "network_bytes": net.n_bytes, "smallest": smallest})
-                continue
-        res_bytes = corr.n_bytes if corr is not None else 0
-        p = psnr_from_mse(corr.sse / volume.data.size, vr) if corr else net.report.psnr
-        tried.append(
-            {
-                "split": split,
-                "network_bytes": net.n_bytes,
-                "residual_bytes": res_bytes,
-                "psnr": p if math.isfinite(p) else None,
-            }
-        )
-        logger.info(
-            "split %d: network %d + residual %d bytes, PSNR %.2f", split, net.n_bytes, res_bytes, p
-        )
-        score = net.n_bytes + res_bytes if err is not None else -p
-        if best is None or score < best[0]:
-            best = (score, net, corr)
-        del net, corr  # the losers' predictions are freed
-    if best is None:
-        smallest = min(t["smallest"] for t in tried)
-        raise ConfigError(
-            f"ratio {bound.ratio} is out of reach for {volume.variable}: the smallest file "
-            f"tried has ratio {ratio(volume.data.size, smallest):.1f}"
-        )
-    return _assemble(volume, cfg, best[1], best[2], tried, t0)
-
-
-def _residual(
-    volume: Volume,
-    net: _Network,
-    *,
-    max_error: float | None = None,
-    step: float | None = None,
-    verify: bool = True,
-) -> residual.Correction:
-    peak = float(np.abs(volume.data).max())
-    if max_error is None:
-        max_error = residual.max_error_for(step, peak)
-    chunk = net.chunk
-    return residual.encode(
-        volume.data,
-        net.prediction,
-        chunk,
-        max_error,
-        net.margin,
-        step=step,
-        verify=verify,
-    )
-
-
-def _step_for_psnr(original: np.ndarray, prediction: np.ndarray, target: float, vr: float) -> float:
-    """Largest residual step whose reconstruction reaches ``target`` dB (bisection, log scale)."""
-    goal = original.size * vr**2 * 10 ** (-(target + 0.01) / 10)
-    lo_s = rmse_for_psnr(target, vr) * 1e-2  # reaches the target (error ~ step / sqrt(12))
-    hi_s = 2.0 * float(np.abs(original - prediction).max()) + lo_s  # all zeros: falls short
-    for _ in range(24):
-        mid = math.sqrt(lo_s * hi_s)
-        if residual.squared_error(original, prediction, mid) <= goal:
-            lo_s = mid
-        else:
-            hi_s = mid
-    return lo_s
-
-
-def _residual_for_ratio(
-    volume: Volume, cfg: Config, net: _Network, target: float
-) -> tuple[bool, residual.Correction | None, int]:
-    """The residual with the smallest step whose file stays within 5 % of the ratio.
-
-    Returns (fits, residual or None for the networks alone, smallest file size in bytes).
-    """
-    budget = 4.0 * volume.data.size / target
-    top = budget * (1 + RATIO_TOLERANCE)
-    lo, hi = volume.value_range
-
-    def size(step: float) -> int:
-        corr = _residual(volume, net, step=step, verify=False)
-        return len(_assemble(volume, cfg, net, corr, [], 0.0)[0])
-
-    hi_s = 2.0 * float(np.abs(volume.data - net.prediction).max()) + (hi - lo) * 2**-20
-    lo_s = max(hi - lo, float(np.abs(volume.data).max()) * 2**-20) * 2**-22
-    coarsest = size(hi_s)
-    if coarsest > top:  # even an all-zero residual is too big: the networks alone, if they fit
-        alone = budget * (1 - RATIO_TOLERANCE) <= net.n_bytes <= top
-        return alone, None, min(coarsest, net.n_bytes)
-    if size(lo_s) <= top:
-        best = lo_s
-    else:
-        best = hi_s
-        for _ in range(16):
-            mid = math.sqrt(lo_s * hi_s)
-            n_mid = size(mid)
-            if n_mid <= budget * (1 + RATIO_TOLERANCE * 0.8):
-                hi_s = best = mid
-                if n_mid >= budget * (1 - RATIO_TOLERANCE * 0.8):
-                    break
-            else:
-                lo_s = mid
-    return True, _residual(volume, net, step=best), coarsest
-
-
-def _assemble(
-    volume: Volume,
-    cfg: Config,
-    net: _Network,
-    corr: residual.Correction | None,
-    tried: list[dict[str, Any]],
-    t0: float,
-) -> tuple[bytes, Report]:
-    header = {**net.header, "config": config_record(cfg)}
-    if corr is not None:
-        header.pop("max_abs_error", None)  # measured on the networks alone
-    sections = dict(net.sections)
-    reached = net.report.psnr
-    if corr is not None:
-        lo, hi = volume.value_range
-        reached = psnr_from_mse(corr.sse / volume.data.size, hi - lo)
-        header["psnr"] = reached if math.isfinite(reached) else None
-        header["residual"] = {
-            **corr.meta,
-            "mode": cfg.bound.target or "psnr",
-            "network_bytes": net.n_bytes,
-            "residual_bytes": corr.n_bytes,
-            "network_psnr": net.report.psnr if math.isfinite(net.report.psnr) else None,
-            "split": net.split,
-            "tried": tried,
-        }
-        sections.update(corr.sections)
-    blob = container.pack(header, sections)
-    report = dataclasses.replace(
-        net.report,
-        n_bytes=len(blob),
-        psnr=reached,
-        seconds=time.perf_counter() - t0,
-        sections={k: len(v) for k, v in sections.items()},
-        max_error=corr.max_error if corr is not None else None,
-        residual_bytes=corr.n_bytes if corr is not None else 0,
-    )
-    if corr is not None:
-        logger.info(
-            "residual layer: max error %.6g, %d + %d bytes (network + residual), %d exact voxels",
-            corr.max_error,
-            net.n_bytes,
-            corr.n_bytes,
-            corr.n_exact,
-        )
-    return blob, report
 
 
 def _residual_info(meta: Any, arr: SinrArray) -> dict[str, Any]:

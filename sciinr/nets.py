@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import ConfigError
+
 COORD_DIM = 4  # (t, z, y, x) inside a block, each in [-1, 1]
 
 
@@ -59,6 +61,27 @@ class NetShape:
 
     def n_params(self) -> int:
         return sum(math.prod(s) for s in self.param_shapes().values())
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; any other name as torch spells it.
+
+    Raises
+    ------
+    ConfigError
+        An unknown device name, or CUDA asked for where none is available.
+    """
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r} (use auto, cpu or cuda)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: no CUDA device is available")
+    return dev
 
 
 class BatchedSiren(nn.Module):
@@ -416,6 +439,7 @@ def local_coords(
     block: tuple[int, ...],
     ranges: tuple[tuple[int, int], ...] | None = None,
     device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Block-local coordinates in [-1, 1] of a (sub-)grid of a block, ``(S, 4)`` C order.
 
@@ -425,7 +449,7 @@ def local_coords(
     axes = []
     for i, b in enumerate(block):
         start, stop = ranges[i] if ranges is not None else (0, b)
-        idx = torch.arange(start, stop, device=device, dtype=torch.float32)
+        idx = torch.arange(start, stop, device=device, dtype=dtype)
         axes.append(idx * (2.0 / (b - 1)) - 1.0 if b > 1 else idx * 0.0)
     mesh = torch.meshgrid(*axes, indexing="ij")
     return torch.stack([m.reshape(-1) for m in mesh], dim=1)

@@ -45,11 +45,8 @@ _OTHER_MAGICS = {
 }
 
 
-def pack(header: dict[str, Any], sections: dict[str, bytes], major: int = 1) -> bytes:
-    """Serialize a header (JSON types) and named sections into one ``.sinr`` byte string.
-
-    ``major``: 1 for a single-field file, 2 for a dataset file (several variables).
-    """
+def _head(header: dict[str, Any], sections: dict[str, bytes], major: int = 1) -> bytes:
+    """The prefix and JSON header (with its section table) of a file of these sections."""
     if len(sections) > MAX_SECTIONS:
         raise ValueError(f"{len(sections)} sections exceed {MAX_SECTIONS}")
     table, offset = [], 0
@@ -65,8 +62,21 @@ def pack(header: dict[str, Any], sections: dict[str, bytes], major: int = 1) -> 
     ).encode()
     if len(head) > MAX_HEADER:
         raise ValueError(f"header of {len(head)} bytes exceeds {MAX_HEADER}")
-    prefix = _PREFIX.pack(MAGIC, major, 0, len(head)) + head
+    return _PREFIX.pack(MAGIC, major, 0, len(head)) + head
+
+
+def pack(header: dict[str, Any], sections: dict[str, bytes], major: int = 1) -> bytes:
+    """Serialize a header (JSON types) and named sections into one ``.sinr`` byte string.
+
+    ``major``: 1 for a single-field file, 2 for a dataset file (several variables).
+    """
+    prefix = _head(header, sections, major)
     return b"".join([prefix, struct.pack("<I", zlib.crc32(prefix)), *sections.values()])
+
+
+def packed_size(header: dict[str, Any], sections: dict[str, bytes]) -> int:
+    """``len(pack(header, sections))``, computed without building the file."""
+    return len(_head(header, sections)) + 4 + sum(len(v) for v in sections.values())
 
 
 def is_sinr(data: bytes) -> bool:
@@ -118,7 +128,12 @@ def unpack(data: bytes, source: str = "<bytes>") -> tuple[dict[str, Any], dict[s
     if major < 1:
         raise FormatError(f"{source}: unknown .sinr format version {major}.{minor}")
     end = PREFIX_SIZE + head_len
-    if head_len > MAX_HEADER or end + 4 > n:
+    if head_len > MAX_HEADER:
+        raise FormatError(
+            f"{source}: corrupted .sinr file (header of {head_len} bytes is larger than the "
+            f"{MAX_HEADER >> 20} MiB limit)"
+        )
+    if end + 4 > n:
         raise FormatError(
             f"{source}: truncated or corrupted .sinr file (header of {head_len} bytes, file of {n})"
         )

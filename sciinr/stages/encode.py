@@ -31,6 +31,7 @@ import zstandard
 from ..errors import FormatError
 from ..nets import NetShape
 from ..payloads import BlockConstants, Model, Shrunk, dequantize_shared, dequantize_uniform
+from . import budget
 from .entropy import decode_ints, unzip_exact
 from .entropy import encode_ints as _encode_ints
 
@@ -191,11 +192,20 @@ def _need(sections: dict[str, bytes], names: list[str]) -> None:
         raise FormatError(f"missing sections: {', '.join(sorted(missing))}")
 
 
-def decode_model(meta: dict[str, Any], sections: dict[str, bytes]) -> Model:
-    """(metadata, sections) -> Model; raises :class:`FormatError` on any inconsistency."""
+def decode_model(
+    meta: dict[str, Any], sections: dict[str, bytes], n_bytes: int | None = None
+) -> Model:
+    """(metadata, sections) -> Model; raises :class:`FormatError` on any inconsistency.
+
+    ``n_bytes`` is the size of the file the model comes from: the arrays its header implies
+    must fit that file's decode budget (:func:`~sciinr.stages.budget.check_model`), checked
+    before any of them is allocated. ``None`` (the encoder checking its own output) skips it.
+    """
     shape4, block, net = validate_meta(meta)
     grid = tuple(-(-s // b) for s, b in zip(shape4, block, strict=True))
     n_blocks = math.prod(grid)
+    if n_bytes is not None:
+        budget.check_model(n_blocks, net, n_bytes)
     _need(sections, ["trivial", "const_lo", "const_span", "block_net"])
     bits = np.frombuffer(unzip_exact(sections["trivial"], -(-n_blocks // 8), "trivial"), np.uint8)
     trivial = np.unpackbits(bits)[:n_blocks].astype(bool)

@@ -21,6 +21,7 @@ import numpy as np
 import zstandard
 
 from ..errors import FormatError
+from . import budget
 
 MAX_ALPHABET = 1 << 16
 _HEAD = struct.Struct("<BiI")
@@ -110,8 +111,10 @@ def decode_ints(data: bytes, count: int, what: str = "stream") -> np.ndarray:
             raise FormatError(f"corrupted section {what!r} (ans stream length)")
         import constriction
 
-        coder = constriction.stream.stack.AnsCoder(np.frombuffer(words, "<u4").astype(np.uint32))
-        try:
+        try:  # constriction refuses some word sequences already here (a last zero word)
+            coder = constriction.stream.stack.AnsCoder(
+                np.frombuffer(words, "<u4").astype(np.uint32)
+            )
             sym = np.asarray(coder.decode(_model(freqs), count), dtype=np.int64)
         except (ValueError, RuntimeError, AssertionError):
             raise FormatError(f"corrupted section {what!r} (ans stream does not decode)") from None
@@ -124,18 +127,12 @@ def decode_ints(data: bytes, count: int, what: str = "stream") -> np.ndarray:
     return sym + lo
 
 
-ZSTD_MAX_RATIO = 1 << 15  # largest expansion of a zstd frame (see unzip_exact)
+ZSTD_MAX_RATIO = budget.ZSTD_MAX_RATIO  # largest expansion of a zstd frame
 
 
 def unzip_exact(data: bytes, n_bytes: int, what: str) -> bytes:
     """A zstd frame that records its size, holding exactly ``n_bytes``, decompressed."""
-    # zstd blocks hold at most 128 KiB each behind a 3-byte header plus >= 1 byte of
-    # content, so no frame expands more than 32768-fold: a larger claim is refused before
-    # anything is allocated.
-    if n_bytes > ZSTD_MAX_RATIO * len(data):
-        raise FormatError(
-            f"corrupted section {what!r} ({len(data)} bytes cannot hold {n_bytes} bytes)"
-        )
+    budget.check_frame(len(data), n_bytes, what)
     try:
         declared = zstandard.frame_content_size(data)
     except zstandard.ZstdError:

@@ -42,6 +42,7 @@ from ..nets import (
     block_bias,
     fold,
     local_coords,
+    resolve_device,
     siren_eval,
     siren_loss_grad,
 )
@@ -57,13 +58,6 @@ PATIENCE = 2  # windows without MIN_GAIN_DB of progress before the learning rate
 MIN_GAIN_DB = 0.05
 FIRST_LEAD_DB = 1.0  # the first exact evaluation runs when the estimate is this close to the goal
 EVAL_ACTIVATIONS = 1 << 18  # hidden activations per evaluation chunk (1 MB in float32)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def net_shape(cfg: FitConfig, n_nets: int, n_blocks: int) -> NetShape:

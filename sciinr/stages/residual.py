@@ -6,9 +6,10 @@ prediction``, quantized with a step of about ``2 E``, so that decoding gives, at
 
 The rule (also in benchmarks/README.md, "Error bounds"):
 
-1. **The prediction is evaluated in float64.** :func:`predict` runs the stored networks (the
-   float32 parameters of the file, widened) in float64, on any device, so the prediction the
-   decoder adds the residual to is the encoder's prediction up to float64 rounding. A
+1. **The prediction is evaluated in float64.** ``decode.decode(..., dtype=numpy.float64)``
+   runs the stored networks (the float32 parameters of the file, widened) in float64, on
+   any device, so the prediction the decoder adds the residual to is the encoder's
+   prediction up to float64 rounding. A
    rigorous forward-error bound of the float64 evaluation (:func:`forward_error_bound`: any
    summation order, FMA or not, ``sin`` within 4 ulp) is ~1e-12 of a block's half range on
    our networks. (The same bound for a float32 evaluation, i.e. ``decode.decode``, is ~7e-4
@@ -49,17 +50,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 import zstandard
 
 from ..errors import FormatError
-from ..nets import forward_blocks
 from ..payloads import Model
+from .decode import touched
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +75,6 @@ MAX_CHUNKS = 1 << 24
 MAX_HALF_ALPHABET = 1 << 14
 MAX_GROUPS = 16
 ZSTD_LEVEL = 19
-BATCH_ACTIVATIONS = 1 << 22  # float64 hidden activations per prediction batch (~32 MB)
 _INDEX = np.dtype(
     [
         ("words", "<u4"),  # length of the chunk's code (bytes for zstd, uint32 words for ANS)
@@ -173,104 +171,6 @@ def prediction_margin(model: Model) -> float:
         half = (hi[fitted] - lo[fitted]) / 2
         net_part = float((2.0 * half * bound[model.block_net]).max())
     return net_part + 2.0**-48 * (4 * peak + 1e-300)
-
-
-# ----------------------------------------------------------------------------- prediction
-
-
-def predict(
-    model: Model,
-    region: tuple[tuple[int, int], ...] | None = None,
-    device: torch.device | str = "cpu",
-) -> np.ndarray:
-    """The prediction the residual corrects: the stored networks evaluated in float64.
-
-    Parameters
-    ----------
-    model : Model
-        The decoded model of the file.
-    region : tuple of (start, stop) per t, z, y, x axis, optional
-        Default: the whole field. Only the blocks it touches are evaluated.
-    device : torch.device or str, default: "cpu"
-
-    Returns
-    -------
-    numpy.ndarray
-        float64, the region's shape.
-    """
-    if region is None:
-        region = tuple((0, s) for s in model.shape4)
-    out = np.empty(tuple(b - a for a, b in region), np.float64)
-    if out.size == 0:
-        return out
-    lo, hi = model.lo.astype(np.float64), model.hi.astype(np.float64)
-    groups: dict[tuple, list[tuple[int, tuple]]] = defaultdict(list)
-    for bid, local, dest in _touched(model.block, model.grid, region):
-        if model.trivial[bid]:
-            out[dest] = (lo[bid] + hi[bid]) / 2
-        else:
-            groups[local].append((bid, dest))
-    if not groups:
-        return out
-    dev = torch.device(device)
-    params = {
-        k: torch.from_numpy(v).to(dev, torch.float64)
-        for k, v in model.arrays.items()
-        if k != "latents"
-    }
-    latents = torch.from_numpy(model.arrays["latents"]).to(dev, torch.float64)
-    fit_index = np.cumsum(~model.trivial) - 1
-    block_net = torch.from_numpy(model.block_net).to(dev)
-    with torch.no_grad():
-        for local, members in groups.items():
-            coords = torch.from_numpy(_coords64(model.block, local)).to(dev)
-            sub = tuple(e - a for a, e in local)
-            per = max(1, BATCH_ACTIVATIONS // max(1, coords.shape[0] * model.net.width))
-            for start in range(0, len(members), per):
-                chunk = members[start : start + per]
-                bids = np.array([m[0] for m in chunk])
-                fids = torch.from_numpy(fit_index[bids]).to(dev)
-                y = forward_blocks(params, latents, model.net, block_net[fids], fids, coords)
-                y = y.clamp(-1.0, 1.0).cpu().numpy()
-                half = ((hi[bids] - lo[bids]) / 2)[:, None]
-                vals = lo[bids][:, None] + (y + 1.0) * half
-                for row, (_, dest) in enumerate(chunk):
-                    out[dest] = vals[row].reshape(sub)
-    return out
-
-
-def _coords64(block: tuple[int, ...], local: tuple[tuple[int, int], ...]) -> np.ndarray:
-    """Block-local coordinates in [-1, 1] of a sub-grid, float64, computed on the CPU.
-
-    The same grid as :func:`sciinr.nets.local_coords` (which rounds to float32), made here so
-    that no device arithmetic enters the prediction before the network.
-    """
-    axes = []
-    for b, (start, stop) in zip(block, local, strict=True):
-        idx = np.arange(start, stop, dtype=np.float64)
-        axes.append(idx * (2.0 / (b - 1)) - 1.0 if b > 1 else idx * 0.0)
-    mesh = np.meshgrid(*axes, indexing="ij")
-    return np.stack([m.reshape(-1) for m in mesh], axis=1)
-
-
-def _touched(
-    block: tuple[int, ...], grid: tuple[int, ...], region: tuple[tuple[int, int], ...]
-) -> list[tuple[int, tuple[tuple[int, int], ...], tuple[slice, ...]]]:
-    """(block id, (start, stop) inside the block, slices of the region) per touched block."""
-    ranges = [range(a // b, (e - 1) // b + 1) for (a, e), b in zip(region, block, strict=True)]
-    out = []
-    for cell in np.ndindex(*[len(r) for r in ranges]):
-        idx = [r[c] for r, c in zip(ranges, cell, strict=True)]
-        local, dest = [], []
-        for ax in range(4):
-            start = idx[ax] * block[ax]
-            a = max(region[ax][0], start)
-            e = min(region[ax][1], start + block[ax])
-            local.append((a - start, e - start))
-            dest.append(slice(a - region[ax][0], e - region[ax][0]))
-        bid = int(np.ravel_multi_index(tuple(idx), grid))
-        out.append((bid, tuple(local), tuple(dest)))
-    return out
 
 
 # ----------------------------------------------------------------------------- quantizer
@@ -421,7 +321,7 @@ def encode(
     original : numpy.ndarray
         (T, Z, Y, X) float32, the field.
     prediction : numpy.ndarray
-        (T, Z, Y, X) float64, from :func:`predict`.
+        (T, Z, Y, X) float64, the prediction it corrects (any array of that shape).
     chunk : tuple of 4 int
         Chunk shape (the model's block), the unit of region decoding; grown where a field
         would have more than ``MAX_CHUNKS`` chunks.
@@ -868,7 +768,7 @@ class Layer:
         if out.size == 0:
             return out
         slices = self._slices()
-        for c, local, dest in _touched(self.chunk, self.grid, region):
+        for c, local, dest in touched(self.chunk, self.grid, region):
             sl = slices[c]
             shape = tuple(s.stop - s.start for s in sl)
             rhat = self.chunk_residual(c, shape)
@@ -892,13 +792,3 @@ class Layer:
                 part[m] = full.reshape(shape)[lsl][m]
             out[dest] = part
         return out
-
-
-def decode_region(
-    model: Model,
-    layer: Layer,
-    region: tuple[tuple[int, int], ...],
-    device: torch.device | str = "cpu",
-) -> np.ndarray:
-    """Decode ``region`` of a file with a residual layer: float64 prediction + residual."""
-    return layer.apply(predict(model, region, device), region)

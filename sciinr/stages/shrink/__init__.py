@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ...config import FitConfig, ShrinkConfig
-from ...nets import forward_blocks, local_coords
+from ...nets import forward_blocks, local_coords, resolve_device
 from ...payloads import Assignment, Blocks, Fitted, Shrunk, dequantize_shared, dequantize_uniform
 from .. import fit as fit_stage
 from .prune import MaskedSiren, importance, masks_for, prunable
@@ -88,7 +88,7 @@ def prune(
 
     A step whose recovery ends below ``target_psnr + cfg.keep_db`` is undone and pruning stops.
     """
-    device = fit_stage.resolve_device(fit_cfg.device)
+    device = resolve_device(fit_cfg.device)
     shape = fitted.shape
     arrays = dict(fitted.arrays)
     log = [("fit", fitted.psnr, _count(arrays))]
