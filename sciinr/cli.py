@@ -149,6 +149,7 @@ def _progress(args: argparse.Namespace) -> bool:
 
 def _is_netcdf(path: str) -> bool:
     p = Path(path)
+    api.read.regular_file(p)  # never opens a FIFO or device (opening one may block)
     try:
         with open(p, "rb") as fh:
             magic = fh.read(8)

@@ -245,7 +245,7 @@ def test_unwritable_outputs(good, tmp_path, capsys):
 
 def _newer(sinr: Path, dst: Path) -> Path:
     blob = bytearray(sinr.read_bytes())
-    struct.pack_into("<H", blob, 8, 2)
+    struct.pack_into("<H", blob, 8, 3)  # this reader reads majors 1 (one field) and 2 (datasets)
     end = 16 + struct.unpack_from("<I", blob, 12)[0]
     struct.pack_into("<I", blob, end, zlib.crc32(bytes(blob[:end])))
     dst.write_bytes(bytes(blob))
@@ -274,7 +274,7 @@ SINR_CASES = {
     ),
     "newer version": (
         lambda g, t: _newer(g["sinr"], t / "new.sinr"),
-        ["new.sinr: .sinr format version 2.0 is newer than this sciinr reads", "upgrade"],
+        ["new.sinr: .sinr format version 3.0 is newer than this sciinr reads", "upgrade"],
     ),
     "an HDF5 file": (lambda g, t: g["h5"], ["not a .sinr file (it is an HDF5/NetCDF-4 file)"]),
     "a text file": (

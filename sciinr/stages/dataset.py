@@ -212,8 +212,16 @@ def read_structure(
     import netCDF4
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: " + ("is a directory" if path.is_dir() else "no such file"))
+    read.regular_file(path)
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(8)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    if magic.startswith(read.NETCDF3_MAGICS):
+        read._check_netcdf3_size(path)  # the netCDF library reads a missing part as 0
+    elif magic != read.HDF5_MAGIC:
+        raise InputError(f"{path}: not a NetCDF file (unknown magic bytes)")
     try:
         ds = netCDF4.Dataset(path, "r")
     except OSError as exc:
