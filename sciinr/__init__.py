@@ -20,6 +20,7 @@ from .config import (
     Config,
     FitConfig,
     PartitionConfig,
+    ScaleConfig,
     ShrinkConfig,
 )
 from .datafile import compress_dataset, decompress_dataset, open_dataset_file, to_sinr
@@ -36,6 +37,7 @@ __all__ = [
     "OutputError",
     "PartitionConfig",
     "Report",
+    "ScaleConfig",
     "SciinrError",
     "ShrinkConfig",
     "SinrArray",

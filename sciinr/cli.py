@@ -167,6 +167,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     out = Path(args.output)
     _refuse_same_file(args.input, out)
     api.write.check_destination(out, args.overwrite)
+    cfg = _scale_from_args(args, cfg)
     select = api.make_select(args.time, args.crop)
     dims = tuple(d.strip() for d in args.dims.split(",")) if args.dims else None
     names = args.var
@@ -199,12 +200,30 @@ def cmd_compress(args: argparse.Namespace) -> int:
             f"{args.input}: several variables (--var a,b or all) need a NetCDF input"
         )
     var = names[0] if names else None
-    volume = api.read.read(args.input, var=var, time_dim=args.time_dim, dims=dims, select=select)
-    blob, report = api.compress_volume(volume, cfg, progress=_progress(args))
+    if cfg.scale.streaming or args.workers is not None or args.scheduler is not None:
+        from . import scale
+
+        if select is not None:
+            raise api.ConfigError("--time/--crop are not supported with --memory-limit or dask")
+        blob, report = scale.compress_source(
+            args.input,
+            cfg,
+            var=var,
+            time_dim=args.time_dim,
+            workers=args.workers,
+            scheduler=args.scheduler,
+        )
+        name = var or Path(args.input).stem
+    else:
+        volume = api.read.read(
+            args.input, var=var, time_dim=args.time_dim, dims=dims, select=select
+        )
+        blob, report = api.compress_volume(volume, cfg, progress=_progress(args))
+        name = volume.variable
     api.write.write_bytes(out, blob, overwrite=args.overwrite)
     if not args.quiet:
         _line("output", str(out))
-        _print_report(report, out, name=volume.variable)
+        _print_report(report, out, name=name)
     return 0
 
 
@@ -411,18 +430,63 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_dask_flags(p: argparse.ArgumentParser, what: str) -> None:
+def _add_dask_flags(p: argparse.ArgumentParser, what: str, default: int | None = 1) -> None:
     group = p.add_argument_group("parallel (needs sciinr[dask])")
     group.add_argument(
         "--workers",
         type=_positive_int,
-        default=1,
+        default=default,
         metavar="N",
-        help=f"{what} on N workers (default: 1, no dask)",
+        help=f"{what} on N workers (a dask LocalCluster; default: no dask)"
+        if default is None
+        else f"{what} on N threads (default: {default}, no dask)",
     )
     group.add_argument(
         "--scheduler", metavar="ADDRESS", help=f"{what} on the dask cluster at ADDRESS"
     )
+
+
+def _add_scale_flags(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("fields larger than memory (docs/scale.md)")
+    group.add_argument(
+        "--memory-limit",
+        type=_byte_size,
+        metavar="SIZE",
+        help="memory one process may use, e.g. 1GB or 512MB: the field streams from its file "
+        "in groups sized to fit (default: none, the field is read whole)",
+    )
+    group.add_argument(
+        "--group-values",
+        type=_positive_int,
+        metavar="N",
+        help="values per independent group (default: what the memory limit allows, or 2**24 "
+        "on workers)",
+    )
+
+
+def _scale_from_args(args: argparse.Namespace, cfg: Config) -> Config:
+    changes = {
+        f"scale.{k}": getattr(args, k)
+        for k in ("memory_limit", "group_values")
+        if getattr(args, k, None) is not None
+    }
+    return cfg.replace(**changes) if changes else cfg
+
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _byte_size(text: str) -> int:
+    """``"1GB"``, ``"512M"``, ``"1.5GiB"``, ``"1000000"`` -> bytes (K, M, G, T are powers of 2)."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1:] if t[-1:] in _UNITS and t[-1:] else ""
+    try:
+        n = float(t[: len(t) - len(unit)] if unit else t)
+    except ValueError:
+        n = -1.0
+    if not n > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 1GB, 512MB)")
+    return int(n * _UNITS[unit])
 
 
 def _positive_int(text: str) -> int:
@@ -484,6 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     _add_config_flags(p)
     _add_bound_flags(p)
+    _add_scale_flags(p)
+    _add_dask_flags(p, "fit the groups", default=None)
     common(p)
     p.set_defaults(func=cmd_compress)
 

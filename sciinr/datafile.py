@@ -60,7 +60,7 @@ def compress_dataset_volumes(
     if source_name is not None:
         source = dataclass_replace(source, path=source_name)
     header, sections = dataset.assemble(source, fields, __version__)
-    blob = container.pack(header, sections, major=dataset.MAJOR)
+    blob = container.pack(header, sections, version=dataset.VERSION)
     n_bytes = len(blob)
     logger.info("dataset: %d fields, %d bytes", len(fields), n_bytes)
     return blob, reports

@@ -205,9 +205,9 @@ def test_corrupted_dataset_header_is_a_format_error(sample):
         broken = {**header, "dataset": {**header["dataset"]}}
         broken["dataset"]["variables"] = [{**entry, key: bad}, *header["dataset"]["variables"][1:]]
         with pytest.raises(FormatError, match="corrupted header"):
-            datafile.DatasetFile(container.pack(broken, sections, major=2))
+            datafile.DatasetFile(container.pack(broken, sections, version=(2, 0)))
     f = datafile.DatasetFile(
-        container.pack(header, {k: v for k, v in sections.items() if k != "r0"}, major=2)
+        container.pack(header, {k: v for k, v in sections.items() if k != "r0"}, version=(2, 0))
     )
     with pytest.raises(FormatError, match="missing sections"):
         f.raw("time")

@@ -27,8 +27,9 @@ from typing import Any
 from ..errors import FormatError
 
 MAGIC = b"\x89SINR\r\n\x1a"
-MAJOR = 2  # newest major version read; a single-field file is still written as 1.0
+MAJOR = 2  # the newest version this reader reads; a file is written with the oldest that holds it
 MINOR = 0
+BASE_VERSION = (1, 0)  # a field without a mask
 _PREFIX = struct.Struct("<8sHHI")
 PREFIX_SIZE = _PREFIX.size  # 16
 MAX_HEADER = 16 << 20  # bytes of JSON header
@@ -45,7 +46,9 @@ _OTHER_MAGICS = {
 }
 
 
-def _head(header: dict[str, Any], sections: dict[str, bytes], major: int = 1) -> bytes:
+def _head(
+    header: dict[str, Any], sections: dict[str, bytes], version: tuple[int, int] = BASE_VERSION
+) -> bytes:
     """The prefix and JSON header (with its section table) of a file of these sections."""
     if len(sections) > MAX_SECTIONS:
         raise ValueError(f"{len(sections)} sections exceed {MAX_SECTIONS}")
@@ -62,15 +65,20 @@ def _head(header: dict[str, Any], sections: dict[str, bytes], major: int = 1) ->
     ).encode()
     if len(head) > MAX_HEADER:
         raise ValueError(f"header of {len(head)} bytes exceeds {MAX_HEADER}")
-    return _PREFIX.pack(MAGIC, major, 0, len(head)) + head
+    return _PREFIX.pack(MAGIC, *version, len(head)) + head
 
 
-def pack(header: dict[str, Any], sections: dict[str, bytes], major: int = 1) -> bytes:
+def pack(
+    header: dict[str, Any],
+    sections: dict[str, bytes],
+    version: tuple[int, int] = BASE_VERSION,
+) -> bytes:
     """Serialize a header (JSON types) and named sections into one ``.sinr`` byte string.
 
-    ``major``: 1 for a single-field file, 2 for a dataset file (several variables).
+    ``version`` is the format version written: the oldest whose readers decode the file as
+    intended (``docs/format.md``, part 6).
     """
-    prefix = _head(header, sections, major)
+    prefix = _head(header, sections, version)
     return b"".join([prefix, struct.pack("<I", zlib.crc32(prefix)), *sections.values()])
 
 

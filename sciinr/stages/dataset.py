@@ -34,7 +34,7 @@ from . import encode, read
 
 logger = logging.getLogger(__name__)
 
-MAJOR = 2  # format major version of a dataset file
+VERSION = (2, 0)  # format version of a dataset file (docs/format.md, part 10)
 MAX_VARIABLES = 64  # variables of one dataset file (fields and raw together)
 MAX_RAW_VALUES = 1 << 28  # values of one losslessly stored variable
 RAW_KINDS = "iufS"  # numbers and fixed-size byte strings
