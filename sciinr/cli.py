@@ -359,6 +359,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run as bench_run
 
+    args.out_root = Path.cwd()  # results go to ./<dataset> unless -o is given
     command = bench_run.command_line("sciinr bench", args)
     progress = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     bench_run.run(args, command, echo=print, progress=progress)
@@ -622,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
         name="bench",
         help="rate-distortion benchmark against SZ3, ZFP, TTHRESH, SPERR, fpzip, zstd",
         description="Sweep sciinr and the baselines on one field; write CSV, PNG, JSON and a "
-        "summary (ratio at 40/50/60 dB) to benchmarks/results/<dataset>/.",
+        "summary (ratio at 40/50/60 dB) to ./<dataset>/ (or -o DIR).",
     )
     add_bench_arguments(p)
     common(p)
@@ -637,6 +638,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
     )
+    previous_level = logger.level
+    logger.setLevel(max(level, logging.DEBUG))  # also where logging was configured before
     output = Path(args.output) if isinstance(getattr(args, "output", None), str) else None
     before = _identity(output)
     try:
@@ -653,6 +656,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return _interrupted(output, before)
+    finally:
+        logger.setLevel(previous_level)
 
 
 def _identity(path: Path | None) -> tuple[int, int] | None:
