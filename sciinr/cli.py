@@ -27,7 +27,7 @@ from .errors import SciinrError
 
 logger = logging.getLogger("sciinr")
 
-_SECTIONS = ("partition", "cluster", "fit", "shrink")
+_SECTIONS = ("base", "partition", "cluster", "fit", "shrink")
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -45,7 +45,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         group = p.add_argument_group(f"{section} options")
         for f in dataclasses.fields(getattr(defaults, section)):
             default = getattr(getattr(defaults, section), f.name)
-            flag = "--" + f.name.replace("_", "-")
+            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
             kind: Any = _int_list if isinstance(default, tuple) else type(default)
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             group.add_argument(
@@ -126,8 +126,13 @@ def _print_report(report: api.Report, out: Path | None, name: str | None = None)
         )
     else:
         _line("max error", _error_text(report.measured_max_error, vr, False))
-    _line("networks", f"{report.n_nets} ({report.n_blocks} blocks, {report.n_trivial} trivial)")
-    _line("encode", f"{report.seconds:.1f} s ({report.fit_steps} training steps)")
+    if report.base_ranks is not None:
+        ranks = " x ".join(map(str, report.base_ranks))
+        _line("base", f"Tucker, ranks {ranks} (t, z, y, x), no block networks")
+        _line("encode", f"{report.seconds:.1f} s")
+    else:
+        _line("networks", f"{report.n_nets} ({report.n_blocks} blocks, {report.n_trivial} trivial)")
+        _line("encode", f"{report.seconds:.1f} s ({report.fit_steps} training steps)")
 
 
 class _OnceList(argparse.Action):
@@ -325,22 +330,29 @@ def _print_field_info(meta: dict[str, Any]) -> None:
         _line("max error", _error_text(meta.get("measured_max_error"), span, False))
     if vr is not None:
         _line("range", f"{vr[0]:.6g} .. {vr[1]:.6g}")
-    _line(
-        "networks",
-        f"{meta['networks']} ({meta['fitted_blocks']} fitted blocks of {meta['block']}), "
-        f"{meta['parameters']:,} parameters",
-    )
-    arch = meta["architecture"]
-    _line(
-        "architecture",
-        f"width {arch['width']}, depth {arch['depth']}, latent {arch['latent_dim']}, "
-        f"omega0 {arch['omega0']:g}",
-    )
-    _line(
-        "encoding",
-        f"{meta['parameter_encoding']}, sparsity {meta['sparsity']:.2f}, "
-        f"{meta['bits_per_parameter']:.2f} bits/parameter",
-    )
+    if meta.get("base"):
+        b = meta["base"]
+        _line("base", f"{b['kind']}, ranks {' x '.join(map(str, b['ranks']))}, no block networks")
+        _line("parameters", f"{meta['parameters']:,} ({meta['bits_per_parameter']:.2f} bits each)")
+    else:
+        _line(
+            "networks",
+            f"{meta['networks']} ({meta['fitted_blocks']} fitted blocks of {meta['block']}), "
+            f"{meta['parameters']:,} parameters",
+        )
+        arch = meta["architecture"]
+        _line(
+            "architecture",
+            f"width {arch['width']}, depth {arch['depth']}, latent {arch['latent_dim']}, "
+            f"omega0 {arch['omega0']:g}",
+        )
+        _line(
+            "encoding",
+            f"{meta['parameter_encoding']}, sparsity {meta['sparsity']:.2f}, "
+            f"{meta['bits_per_parameter']:.2f} bits/parameter",
+        )
+    if meta.get("missing_values"):
+        _line("missing", f"{meta['missing_values']:,} values (stored as a mask)")
     if meta.get("selection"):
         sel = meta["selection"]
         _line(
