@@ -100,12 +100,13 @@ def build_header(
     """
     lo, hi = volume.value_range
     selected = {}
-    if volume.selection is not None and volume.source_shape is not None:
+    selection = getattr(volume, "selection", None)  # a streamed field has none
+    if selection is not None and volume.source_shape is not None:
         selected = {
             "selection": {
                 "source_shape": list(volume.source_shape),
-                "start": [a for a, _ in volume.selection],
-                "stop": [b for _, b in volume.selection],
+                "start": [a for a, _ in selection],
+                "stop": [b for _, b in selection],
             }
         }
     parts = {"model": model_meta} if model_meta is not None else {"base": base_meta}
