@@ -120,3 +120,15 @@ def test_to_dask_of_a_field_with_missing_values(tmp_path):
     assert isinstance(got, np.ma.MaskedArray)
     np.testing.assert_array_equal(np.ma.getmaskarray(got), np.isnan(data))
     close(np.ma.filled(got, 0.0), np.ma.filled(want, 0.0))
+
+
+def test_to_dask_of_a_file_without_networks(tmp_path):
+    data = smooth_field(t=6, z=8, y=16, x=16)
+    path = tmp_path / "b.sinr"
+    sciinr.compress(data, psnr=35, config=tiny(**{"base.kind": "tucker"}), out=path)
+    arr = sciinr.open(path)
+    assert arr.net is None  # a whole-field base models this field
+    lazy = arr.to_dask()
+    assert lazy.chunks[0] == (6,)  # the default block's 8 steps, clipped to the field
+    close(lazy.compute(), arr[...])
+    close(parallel.decode(arr, (slice(1, 5), 3), workers=2), arr[1:5, 3])
