@@ -38,7 +38,7 @@ def sinr_path(tmp_path_factory):
 
 def test_core_does_not_import_dask():
     code = (
-        "import sys, sciinr, sciinr.cli, sciinr.api; "
+        "import sys, sciinr, sciinr.cli, sciinr.api, sciinr.scale, sciinr.stages.stream; "
         "assert not any(m == 'dask' or m.startswith(('dask.', 'distributed')) "
         "for m in sys.modules), sorted(m for m in sys.modules if 'dask' in m)"
     )
