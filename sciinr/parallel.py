@@ -79,8 +79,17 @@ class RegionReader:
 
 def default_chunks(arr: Any) -> tuple[int, ...]:
     """One block of time steps by the whole space, split along the first spatial axes (in
-    multiples of the block) while a chunk holds more than :data:`CHUNK_BYTES`."""
-    block4 = arr.header["model"]["block"]
+    multiples of the block) while a chunk holds more than :data:`CHUNK_BYTES`.
+
+    A file without block networks (a whole-field base) is cut by the default block size.
+    """
+    model = arr.header.get("model")
+    if isinstance(model, dict) and "block" in model:
+        block4 = model["block"]
+    else:
+        from .config import PartitionConfig
+
+        block4 = [min(b, s) for b, s in zip(PartitionConfig().block, arr._shape4, strict=True)]
     axes = arr._axes()  # internal axis of each original axis
     chunks = [block4[0] if (arr.has_time and i == 0) else n for i, n in enumerate(arr.shape)]
     for i in range(1 if arr.has_time else 0, arr.ndim):
