@@ -61,6 +61,7 @@ class Networks:
     n_blocks: int
     n_trivial: int
     fit_steps: int
+    max_abs_error: float | None = None  # largest |original - decoded| of the networks alone
     base: tucker.TuckerBase | None = None  # the whole-field base that stands in for networks
 
 
