@@ -175,8 +175,13 @@ def base_stage(volume: Volume, cfg: Config) -> rate.Networks | None:
     if cfg.base.kind != "tucker" or not hi > lo or max(volume.data.shape) > tucker.MAX_MODE:
         return None
     meta, sections, reached, worst = encode_base(volume, cfg)
-    fitted = tucker.decode(meta, sections, volume.data.shape)
     header = build_header(volume, cfg, None, reached, base_meta=meta)
+    try:
+        fitted = tucker.decode(
+            meta, sections, volume.data.shape, container.packed_size(header, sections)
+        )
+    except FormatError:  # a reader would refuse it: too large for its decode budget
+        return None
     return rate.Networks(
         config=cfg,
         meta=meta,
@@ -193,12 +198,19 @@ def base_stage(volume: Volume, cfg: Config) -> rate.Networks | None:
     )
 
 
-def _compress_base(volume: Volume, cfg: Config, t0: float) -> tuple[bytes, Report]:
+def _compress_base(volume: Volume, cfg: Config, t0: float) -> tuple[bytes, Report] | None:
+    """The file of the whole-field base, or None when a reader would refuse to decode it
+    (its core is too large for the decode budget of a file of its size)."""
     meta, sections, reached, worst = encode_base(volume, cfg)
     header = build_header(volume, cfg, None, reached, base_meta=meta)
     header["max_abs_error"] = worst  # measured, not guaranteed
     header, sections = _with_mask(volume, header, sections)
     blob = pack(header, sections)
+    try:
+        tucker.check(meta, sections, volume.data.shape, len(blob))
+    except FormatError as exc:
+        logger.warning("the whole-field base is not used (%s); block networks instead", exc)
+        return None
     report = Report(
         n_values=volume.data.size,
         n_bytes=len(blob),
@@ -273,7 +285,9 @@ def compress_volume(volume: Volume, cfg: Config, progress: bool = False) -> tupl
     """
     t0 = time.perf_counter()
     if uses_base(volume, cfg):
-        return _compress_base(volume, cfg, t0)
+        done = _compress_base(volume, cfg, t0)
+        if done is not None:
+            return done
 
     def networks(c: Config) -> rate.Networks:
         return encode_networks(volume, c, progress=progress)

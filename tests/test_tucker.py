@@ -219,3 +219,13 @@ def test_error_bound_rides_on_the_base(rel):
     np.testing.assert_array_equal(arr[2, 1:5], out[2, 1:5])
     with pytest.raises(sciinr.InputError, match="error bound"):
         arr.sample([[0, 0, 0, 0]])
+
+
+def test_a_base_beyond_the_decode_budget_is_not_written(monkeypatch, tiny_config):
+    """The writer keeps the reader's rule: a base the budget refuses gives way to networks."""
+    import sciinr
+
+    monkeypatch.setattr(tucker, "BYTES_PER_COEFFICIENT", 1 << 40)
+    cfg = tiny_config.replace(**{"base.kind": "tucker"})
+    blob = sciinr.compress(smooth_field(2, 8, 16, 16), config=cfg)
+    assert sciinr.info(blob)["networks"] > 0
