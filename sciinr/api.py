@@ -30,6 +30,7 @@ from .stages import (
     container,
     decode,
     encode,
+    entropy,
     fit,
     partition,
     read,
@@ -144,7 +145,7 @@ def compress_volume(volume: Volume, cfg: Config, progress: bool = False) -> tupl
     def networks(c: Config) -> rate.Networks:
         return encode_networks(volume, c, progress=progress)
 
-    def file_size(net: rate.Networks, split: int | None, corr: residual.Correction | None) -> int:
+    def file_size(net: rate.Networks, split: int | None, corr: rate.Layer | None) -> int:
         return container.packed_size(*_file(volume, cfg, net, split, corr, ()))
 
     choice = rate.choose(volume, cfg, networks, file_size)
@@ -187,7 +188,7 @@ def _file(
     cfg: Config,
     net: rate.Networks,
     split: int | None,
-    corr: residual.Correction | None,
+    corr: rate.Layer | None,
     tried: tuple[dict[str, Any], ...],
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Header and sections of the file of these networks and residual layer."""
@@ -206,7 +207,7 @@ def _file(
     return header, {**net.sections, **corr.sections}
 
 
-def _reached(volume: Volume, net: rate.Networks, corr: residual.Correction | None) -> float:
+def _reached(volume: Volume, net: rate.Networks, corr: rate.Layer | None) -> float:
     """PSNR of the decoded file: the networks', or with the residual layer added."""
     if corr is None:
         return net.psnr
@@ -331,10 +332,10 @@ class SinrArray:
         self.variable: str = h["variable"]
         self.psnr: float | None = h.get("psnr")
         self._model: Model | None = None
-        self._residual: residual.Layer | None = None  # error-bounded files
+        self._residual: entropy.ResidualCodes | None = None  # error-bounded files
         if "residual" in h:
             try:
-                self._residual = residual.Layer(h["residual"], self._sections, self._shape4)
+                self._residual = entropy.ResidualCodes(h["residual"], self._sections, self._shape4)
             except FormatError as exc:
                 raise FormatError(f"{self.source}: {exc}") from None
         self.max_error = self._residual.max_error if self._residual is not None else None
@@ -395,7 +396,7 @@ class SinrArray:
                 prediction = decode.decode(
                     model, tuple(region), device=self._resolve_device(), dtype=np.float64
                 )
-                internal = self._residual.apply(prediction, tuple(region))
+                internal = residual.apply(prediction, self._residual, tuple(region))
         except MemoryError:
             raise too_big from None
         if not np.isfinite(internal).all():  # e.g. crafted parameters that overflow float32

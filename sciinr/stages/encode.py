@@ -31,6 +31,8 @@ import zstandard
 from ..errors import FormatError
 from ..nets import NetShape
 from ..payloads import BlockConstants, Model, Shrunk, dequantize_shared, dequantize_uniform
+from .container import header_float as _float
+from .container import header_int as _int
 from .entropy import decode_ints, unzip_exact
 from .entropy import encode_ints as _encode_ints
 
@@ -119,20 +121,6 @@ def encode_model(
         sections["params"] = array_bytes(params.astype(np.float16))
         sections["latents"] = array_bytes(model.arrays["latents"].astype(np.float16))
     return meta, sections
-
-
-def _int(meta: dict[str, Any], key: str, lo: int, hi: int) -> int:
-    v = meta.get(key)
-    if type(v) is not int or not lo <= v <= hi:
-        raise FormatError(f"corrupted header ({key} = {v!r} not in {lo}..{hi})")
-    return v
-
-
-def _float(meta: dict[str, Any], key: str) -> float:
-    v = meta.get(key)
-    if type(v) not in (int, float) or not -1e300 < v < 1e300:  # no float(10**400) overflow
-        raise FormatError(f"corrupted header ({key} = {v!r})")
-    return float(v)
 
 
 def validate_meta(meta: Any) -> tuple[tuple[int, ...], tuple[int, ...], NetShape]:
