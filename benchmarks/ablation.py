@@ -1,4 +1,4 @@
-"""Ablation of the shrink stage (issue 4): what each step buys, on real viscous-fingering data.
+"""Ablation of the shrink stage: what each step buys, on real viscous-fingering data.
 
 One fit, then each variant of the shrink/encode stages on the same fitted networks:
 

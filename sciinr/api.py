@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from . import rate
 from ._version import __version__
@@ -339,7 +338,7 @@ class SinrArray:
             except FormatError as exc:
                 raise FormatError(f"{self.source}: {exc}") from None
         self.max_error = self._residual.max_error if self._residual is not None else None
-        self._device = device
+        self.device = device
 
     @property
     def ndim(self) -> int:
@@ -366,7 +365,7 @@ class SinrArray:
         return ([0] if self.has_time else []) + list(range(4 - n_sp, 4))
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        keys = _normalize_key(key, self.shape)
+        keys = normalize_key(key, self.shape)
         region = [(0, 1)] * 4
         post: list[Any] = []
         for axis, k in zip(self._axes(), keys, strict=True):
@@ -391,10 +390,10 @@ class SinrArray:
             raise too_big
         try:
             if self._residual is None:
-                internal = decode.decode(model, tuple(region), device=self._resolve_device())
+                internal = decode.decode(model, tuple(region), device=self.device)
             else:  # the float64 prediction the residual layer corrects
                 prediction = decode.decode(
-                    model, tuple(region), device=self._resolve_device(), dtype=np.float64
+                    model, tuple(region), device=self.device, dtype=np.float64
                 )
                 internal = residual.apply(prediction, self._residual, tuple(region))
         except MemoryError:
@@ -403,9 +402,6 @@ class SinrArray:
             raise FormatError(f"{self.source}: corrupted model (it decodes to non-finite values)")
         sub = internal.reshape([region[a][1] - region[a][0] for a in self._axes()])
         return np.ascontiguousarray(sub[tuple(post)]).astype(self.dtype, copy=False)
-
-    def _resolve_device(self) -> torch.device:
-        return resolve_device(self._device)
 
     def read(self) -> np.ndarray:
         """The whole field."""
@@ -422,7 +418,7 @@ class SinrArray:
         )
 
 
-def _normalize_key(key: Any, shape: tuple[int, ...]) -> list[Any]:
+def normalize_key(key: Any, shape: tuple[int, ...]) -> list[Any]:
     """Basic NumPy indexing -> per-axis int or (start, stop, step>0)."""
     if not isinstance(key, tuple):
         key = (key,)
@@ -761,7 +757,7 @@ def verify(
         "ratio": ratio(math.prod(arr.shape), arr.nbytes_file),
         "steps": steps,
         "seconds": seconds,
-        "device": str(arr._resolve_device()),
+        "device": str(resolve_device(arr.device)),
         "checked": arr.max_error is not None or (time is None and arr.psnr is not None),
         "failures": failures,
     }

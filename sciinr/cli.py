@@ -23,6 +23,7 @@ from . import api
 from ._version import __version__
 from .config import BoundConfig, Config
 from .errors import OutputError, SciinrError
+from .stages import read, write
 
 logger = logging.getLogger("sciinr")
 
@@ -101,7 +102,7 @@ def _print_report(
     )
     print(f"{'bits/value':<16}{report.bits_per_value:.4f}")
     print(f"{'PSNR':<16}{report.psnr:.2f} dB (stored)")
-    if report.max_error is not None:  # issue 7: residual layer
+    if report.max_error is not None:  # a residual layer
         print(f"{'max error':<16}{report.max_error:.6g} (guaranteed at every value)")
         print(
             f"{'split':<16}{report.n_bytes - report.residual_bytes} bytes networks and header"
@@ -119,10 +120,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
     out = Path(args.output)
     _refuse_same_file(args.input, out)
-    api.write.check_destination(out, args.overwrite)
-    volume = api.read.read(args.input, var=args.var, time_dim=args.time_dim)
+    write.check_destination(out, args.overwrite)
+    volume = read.read(args.input, var=args.var, time_dim=args.time_dim)
     blob, report = api.compress_volume(volume, cfg, progress=not args.quiet)
-    api.write.write_bytes(out, blob, overwrite=args.overwrite)
+    write.write_bytes(out, blob, overwrite=args.overwrite)
     _print_report(report, out)
     return 0
 
@@ -130,7 +131,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 def cmd_decompress(args: argparse.Namespace) -> int:
     out = Path(args.output)
     _refuse_same_file(args.input, out)
-    api.write.check_array_destination(out, args.overwrite)
+    write.check_array_destination(out, args.overwrite)
     arr = api.open(args.input, device=args.device)
     key: Any = ...
     if args.region is not None:
@@ -149,7 +150,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 
 def _kept_dims(arr: api.SinrArray, key: Any) -> tuple[str, ...]:
-    keys = api._normalize_key(key, arr.shape)
+    keys = api.normalize_key(key, arr.shape)
     return tuple(d for d, k in zip(arr.dims, keys, strict=True) if not isinstance(k, int))
 
 
@@ -183,7 +184,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- issue 7
+# ----------------------------------------------------------------------------- bounds
 
 
 def _add_bound_flags(p: argparse.ArgumentParser) -> None:
@@ -227,7 +228,7 @@ def _bound_from_args(args: argparse.Namespace, cfg: Config) -> Config:
 def cmd_verify(args: argparse.Namespace) -> int:
     arr = api.open(args.input, device=args.device)
     time_dim = args.time_dim or (arr.dims[0] if arr.has_time else "none")
-    volume = api.read.read(args.original, var=args.var or arr.variable, time_dim=time_dim)
+    volume = read.read(args.original, var=args.var or arr.variable, time_dim=time_dim)
     result = api.verify(volume, arr, time=args.time, each_step=args.each_step)
     if args.json:
         print(json.dumps(result, indent=2))

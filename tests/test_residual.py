@@ -7,7 +7,7 @@ import torch
 import sciinr
 from sciinr import Config, ConfigError, FormatError
 from sciinr.metrics import psnr
-from sciinr.nets import forward_blocks, local_coords
+from sciinr.nets import block_bias, fold, local_coords, siren_eval
 from sciinr.stages import container, entropy, residual
 
 from .conftest import smooth_field
@@ -119,8 +119,10 @@ def test_forward_error_bound_covers_float32_evaluation():
     y = {}
     for dt in (torch.float32, torch.float64):
         params = {k: torch.from_numpy(v).to(dt) for k, v in model.arrays.items()}
-        coords = local_coords(model.block).to(dt)
-        y[dt] = forward_blocks(params, params["latents"], model.net, nets, ids, coords).double()
+        coords = local_coords(model.block, dtype=dt)
+        bias = block_bias(params, params["latents"], model.net, nets, ids).unsqueeze(1)
+        folded = fold(params, model.net).select(nets)
+        y[dt] = siren_eval(folded, bias, coords).double()
     diff = (y[torch.float32] - y[torch.float64]).abs().amax(dim=1).numpy()
     assert np.all(diff <= bound32[model.block_net])
     assert 0 < residual.prediction_margin(model) < 1e-9 * (field.max() - field.min())
