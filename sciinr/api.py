@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from os import PathLike
@@ -25,6 +24,7 @@ from .metrics import bits_per_value, psnr, psnr_from_mse, ratio, rmse_for_psnr
 from .nets import resolve_device
 from .payloads import Model, Volume
 from .stages import (
+    budget,
     cluster,
     container,
     decode,
@@ -285,6 +285,7 @@ def compress(
     if any(v is not None for v in bounds.values()):
         cfg = cfg.replace(**{f"bound.{k}": v for k, v in bounds.items()})
     if out is not None:
+        write.refuse_same_file(data, Path(out))
         write.check_destination(Path(out), overwrite)
     volume = read.read(data, var=var, time_dim=time_dim, dims=dims)
     blob, _ = compress_volume(volume, cfg, progress=progress)
@@ -309,15 +310,19 @@ class SinrArray:
 
     def __init__(self, source: bytes | str | Path, device: str = "auto"):
         data, self.source = _read_source(source)
+        self._bytes = data if self.source == "<bytes>" else None  # what dask tasks reopen
         self.header, self._sections = container.unpack(data, self.source)
         self.nbytes_file = len(data)
         self.format_version = container.version_of(data)
         h = self.header
         container.check_field_header(h, self.source)
         try:
-            self._shape4, _, self.net = encode.validate_meta(h["model"])
+            self._shape4, block, self.net = encode.validate_meta(h["model"])
+            n_blocks = math.prod(-(-s // b) for s, b in zip(self._shape4, block, strict=True))
+            budget.check_model(n_blocks, self.net, self.nbytes_file)
         except FormatError as exc:
             raise FormatError(f"{self.source}: {exc}") from None
+        self._model_bytes = budget.model_bytes(n_blocks, self.net)
         self.shape: tuple[int, ...] = tuple(h["shape"])
         self.dims: tuple[str, ...] = tuple(h["dims"])
         self.has_time: bool = h["has_time"]
@@ -350,7 +355,9 @@ class SinrArray:
             try:
                 # a valid file never overflows float32 while its model is decoded
                 with np.errstate(over="raise", invalid="raise"):
-                    self._model = encode.decode_model(self.header["model"], self._sections)
+                    self._model = encode.decode_model(
+                        self.header["model"], self._sections, n_bytes=self.nbytes_file
+                    )
             except FormatError as exc:
                 raise FormatError(f"{self.source}: {exc}") from None
             except FloatingPointError:
@@ -372,6 +379,10 @@ class SinrArray:
             if isinstance(k, int):
                 region[axis] = (k, k + 1)
                 post.append(0)
+            elif isinstance(k, np.ndarray):  # decode the span it covers, then take
+                lo = int(k.min()) if k.size else 0
+                region[axis] = (lo, int(k.max()) + 1 if k.size else 0)
+                post.append(k - lo)
             else:
                 start, stop, step = k
                 if stop <= start:
@@ -380,15 +391,20 @@ class SinrArray:
                 else:
                     region[axis] = (start, stop)
                     post.append(slice(None, None, step))
-        model = self.model
-        n = math.prod(b - a for a, b in region)
+        # the memory check comes before the model exists: its arrays count too
+        n = budget.n_values(tuple(region))
+        need = budget.output_bytes(n, self.dtype.itemsize)
+        need += self._model_bytes if self._model is None else 0
+        avail = budget.available_memory()
         too_big = InputError(
-            f"{self.source}: decoding {n} values ({n * 4 / 1e9:.1f} GB) does not fit in "
-            "memory; decode one time step or a region"
+            f"{self.source}: decoding {n} values (about {need / 1e9:.1f} GB with temporaries) "
+            f"does not fit in memory ({avail / 1e9:.1f} GB available); decode one time step "
+            "or a region"
         )
-        if n * (4 + self.dtype.itemsize) > _physical_memory():
+        if need > avail:
             raise too_big
         try:
+            model = self.model
             if self._residual is None:
                 internal = decode.decode(model, tuple(region), device=self.device)
             else:  # the float64 prediction the residual layer corrects
@@ -396,16 +412,28 @@ class SinrArray:
                     model, tuple(region), device=self.device, dtype=np.float64
                 )
                 internal = residual.apply(prediction, self._residual, tuple(region))
+            finite = bool(np.isfinite(internal).all())
+            sub = internal.reshape([region[a][1] - region[a][0] for a in self._axes()])
+            out = np.ascontiguousarray(sub[tuple(post)]).astype(self.dtype, copy=False)
         except MemoryError:
             raise too_big from None
-        if not np.isfinite(internal).all():  # e.g. crafted parameters that overflow float32
+        if not finite:  # e.g. crafted parameters that overflow float32
             raise FormatError(f"{self.source}: corrupted model (it decodes to non-finite values)")
-        sub = internal.reshape([region[a][1] - region[a][0] for a in self._axes()])
-        return np.ascontiguousarray(sub[tuple(post)]).astype(self.dtype, copy=False)
+        return out
 
     def read(self) -> np.ndarray:
         """The whole field."""
         return self[...]
+
+    def to_dask(self, chunks: Any = None) -> Any:
+        """A lazy :class:`dask.array.Array` of the field (needs ``sciinr[dask]``).
+
+        Each chunk is a region decode of this file (by path, or its bytes); the default chunks
+        are one block of time steps by the whole space (see :func:`sciinr.parallel.to_dask`).
+        """
+        from . import parallel
+
+        return parallel.to_dask(self, chunks)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         arr = self.read()
@@ -419,13 +447,18 @@ class SinrArray:
 
 
 def normalize_key(key: Any, shape: tuple[int, ...]) -> list[Any]:
-    """Basic NumPy indexing -> per-axis int or (start, stop, step>0)."""
+    """NumPy indexing -> per-axis int, (start, stop, step>0) or an int64 array of indices.
+
+    Integers, slices with a positive step, one ellipsis, and at most one integer array or
+    boolean mask (1-D, along one axis) are supported; anything else is an :class:`InputError`.
+    """
     if not isinstance(key, tuple):
         key = (key,)
-    if sum(k is Ellipsis for k in key) > 1:
+    ellipses = [i for i, k in enumerate(key) if k is Ellipsis]  # identity: arrays compare
+    if len(ellipses) > 1:
         raise InputError("an index can only have a single ellipsis")
-    if Ellipsis in key:
-        i = key.index(Ellipsis)
+    if ellipses:
+        i = ellipses[0]
         key = key[:i] + (slice(None),) * (len(shape) - len(key) + 1) + key[i + 1 :]
     if len(key) > len(shape):
         raise InputError(f"too many indices ({len(key)}) for a {len(shape)}-D field")
@@ -438,13 +471,42 @@ def normalize_key(key: Any, shape: tuple[int, ...]) -> list[Any]:
                 raise InputError(f"index {int(k)} is out of bounds for an axis of size {n}")
             out.append(i)
         elif isinstance(k, slice):
-            start, stop, step = k.indices(n)
+            try:
+                start, stop, step = k.indices(n)
+            except (TypeError, ValueError) as exc:  # a zero step, or non-integer bounds
+                raise InputError(f"bad slice {_show_slice(k)}: {exc}") from None
             if step <= 0:
                 raise InputError("negative slice steps are not supported")
             out.append((start, max(start, stop), step))
+        elif isinstance(k, list | np.ndarray):
+            out.append(_array_index(k, n))
         else:
-            raise InputError(f"unsupported index {k!r}: use integers and slices")
+            raise InputError(f"unsupported index {k!r}: use integers, slices or one index array")
+    if sum(isinstance(k, np.ndarray) for k in out) > 1:
+        raise InputError("at most one index array or boolean mask is supported")
     return out
+
+
+def _show_slice(k: slice) -> str:
+    parts = ["" if v is None else str(v) for v in (k.start, k.stop, k.step)]
+    return ":".join(parts)
+
+
+def _array_index(k: Any, n: int) -> np.ndarray:
+    """An integer array or boolean mask along an axis of size ``n`` -> int64 indices."""
+    arr = np.asarray(k)
+    if arr.ndim != 1:
+        raise InputError(f"an index array must be 1-D (got {arr.ndim}-D)")
+    if arr.dtype == bool:
+        if arr.size != n:
+            raise InputError(f"boolean index of length {arr.size} for an axis of size {n}")
+        return np.flatnonzero(arr)
+    if arr.size and arr.dtype.kind not in "iu":
+        raise InputError(f"index arrays must hold integers or booleans, not {arr.dtype}")
+    idx = arr.astype(np.int64)
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        raise InputError(f"index array out of bounds for an axis of size {n}")
+    return np.where(idx < 0, idx + n, idx)
 
 
 def parse_index(text: str) -> tuple[Any, ...]:
@@ -476,26 +538,13 @@ def _read_source(source: Any) -> tuple[bytes, str]:
     if not isinstance(source, str | PathLike):
         raise InputError(f"cannot open a {type(source).__name__} as .sinr: give a path or bytes")
     path = Path(source)
+    read.regular_file(path, "a .sinr file")
     try:
-        if path.is_dir():
-            raise InputError(f"{path}: is a directory, not a .sinr file")
-        if not path.exists():
-            raise InputError(f"{path}: no such file")
-        if not path.is_file():
-            raise InputError(f"{path}: not a regular file")
         with path.open("rb") as fh:  # a large file that is not a .sinr is not read whole
             head = fh.read(len(container.MAGIC))
             return (head + fh.read() if head == container.MAGIC else head), str(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
-
-
-def _physical_memory() -> int:
-    """Bytes of RAM of this machine (a decode asking for more is refused before allocating)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return 1 << 62
 
 
 def _shape4_of(shape: tuple[int, ...], has_time: bool) -> tuple[int, ...]:

@@ -3,7 +3,8 @@
 Errors that sciinr raises on purpose are printed as one line on stderr (exit code 2);
 anything else is a bug and keeps its traceback. Ctrl-C (SIGINT), SIGTERM and SIGHUP stop
 the command with exit code 130 and leave no output file (outputs are written atomically,
-see :mod:`sciinr.stages.write`).
+see :mod:`sciinr.stages.write`); once the output is complete, an interrupt exits with 0 and
+says that the file was written.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from . import api
 from ._version import __version__
 from .config import BoundConfig, Config
-from .errors import OutputError, SciinrError
+from .errors import SciinrError
 from .stages import read, write
 
 logger = logging.getLogger("sciinr")
@@ -70,11 +71,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def _refuse_same_file(src: str, out: Path) -> None:
     """An output must never replace its own input."""
-    same = False
-    with contextlib.suppress(OSError):
-        same = out.exists() and Path(src).samefile(out)
-    if same:
-        raise OutputError(f"{out}: is the input file; choose another output")
+    api.write.refuse_same_file(src, out)
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:
@@ -141,7 +138,12 @@ def cmd_decompress(args: argparse.Namespace) -> int:
         if args.region is not None:
             raise api.InputError("give --time or --region, not both (--region includes time)")
     t0 = time.perf_counter()
-    data = arr[key]
+    if args.workers > 1 or args.scheduler:
+        from . import parallel
+
+        data = parallel.decode(arr, key, workers=args.workers, scheduler=args.scheduler)
+    else:
+        data = arr[key]
     seconds = time.perf_counter() - t0
     dims = _kept_dims(arr, key)
     api.write_decoded(out, data, arr, dims=dims, overwrite=args.overwrite)
@@ -249,6 +251,30 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_dask_flags(p: argparse.ArgumentParser, what: str) -> None:
+    group = p.add_argument_group("parallel (needs sciinr[dask])")
+    group.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help=f"{what} on N workers (default: 1, no dask)",
+    )
+    group.add_argument(
+        "--scheduler", metavar="ADDRESS", help=f"{what} on the dask cluster at ADDRESS"
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return n
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with usage errors on one line (exit code 2), like sciinr's own errors."""
 
@@ -294,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region", help="index over all axes, e.g. '3,0:32,:,10:20'")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    _add_dask_flags(p, "decode")
     common(p)
     p.set_defaults(func=cmd_decompress)
 
@@ -359,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
     )
+    output = Path(args.output) if isinstance(getattr(args, "output", None), str) else None
+    before = _identity(output)
     try:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -368,9 +397,34 @@ def main(argv: list[str] | None = None) -> int:
     except SciinrError as exc:
         print(f"sciinr: error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"sciinr: error: {getattr(args, 'input', '')}: out of memory", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("sciinr: interrupted; no output written", file=sys.stderr)
-        return 130
+        return _interrupted(output, before)
+
+
+def _identity(path: Path | None) -> tuple[int, int] | None:
+    """(device, inode) of a file, or None: a new inode under the name is a new, whole file."""
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if st is not None else None
+
+
+def _interrupted(output: Path | None, before: tuple[int, int] | None) -> int:
+    """Exit code and message of an interrupt: 0 when the output was already published.
+
+    Outputs appear under their name in one atomic step (:mod:`sciinr.stages.write`), so a
+    file under that name that was not there before the command is complete.
+    """
+    now = _identity(output)
+    if now is not None and now != before:
+        print(f"sciinr: interrupted after {output} was written completely", file=sys.stderr)
+        return 0
+    print("sciinr: interrupted; no output written", file=sys.stderr)
+    return 130
 
 
 @contextlib.contextmanager

@@ -123,7 +123,12 @@ def unpack(data: bytes, source: str = "<bytes>") -> tuple[dict[str, Any], dict[s
     if major < 1:
         raise FormatError(f"{source}: unknown .sinr format version {major}.{minor}")
     end = PREFIX_SIZE + head_len
-    if head_len > MAX_HEADER or end + 4 > n:
+    if head_len > MAX_HEADER:
+        raise FormatError(
+            f"{source}: corrupted .sinr file (header of {head_len} bytes is larger than the "
+            f"{MAX_HEADER >> 20} MiB limit)"
+        )
+    if end + 4 > n:
         raise FormatError(
             f"{source}: truncated or corrupted .sinr file (header of {head_len} bytes, file of {n})"
         )

@@ -31,10 +31,10 @@ import zstandard
 from ..errors import FormatError
 from ..nets import NetShape
 from ..payloads import BlockConstants, Model, Shrunk, dequantize_shared, dequantize_uniform
+from . import budget
 from .container import header_float as _float
 from .container import header_int as _int
-from .entropy import decode_ints, unzip_exact
-from .entropy import encode_ints as _encode_ints
+from .entropy import decode_ints, encode_ints, unzip_exact
 
 ZSTD_LEVEL = 19
 MAX_VALUES = 1 << 40  # largest field a header may describe
@@ -63,18 +63,14 @@ def bytes_array(data: bytes, dtype: str, shape: tuple[int, ...], what: str) -> n
 
 
 def encode_model(
-    model: Model, shrunk: Shrunk | None = None, int_method: str = "best"
+    model: Model, shrunk: Shrunk | None = None
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Model -> (metadata for the header, sections).
 
     With ``shrunk`` (weight-shared networks) the indices, codebooks and quantized latents are
-    stored; without it, every parameter as float16. ``int_method`` picks the integer coder
-    (``best``, ``zstd`` or ``ans``; see :func:`~sciinr.stages.entropy.encode_ints`).
+    stored; without it (``shrink.bits = 0``), every parameter as float16. Integer streams
+    take the smaller of ANS and zstd (:func:`~sciinr.stages.entropy.encode_ints`).
     """
-
-    def encode_ints(v: np.ndarray) -> bytes:
-        return _encode_ints(v, method=int_method)
-
     net = model.net
     meta: dict[str, Any] = {
         "shape4": list(model.shape4),
@@ -179,11 +175,20 @@ def _need(sections: dict[str, bytes], names: list[str]) -> None:
         raise FormatError(f"missing sections: {', '.join(sorted(missing))}")
 
 
-def decode_model(meta: dict[str, Any], sections: dict[str, bytes]) -> Model:
-    """(metadata, sections) -> Model; raises :class:`FormatError` on any inconsistency."""
+def decode_model(
+    meta: dict[str, Any], sections: dict[str, bytes], n_bytes: int | None = None
+) -> Model:
+    """(metadata, sections) -> Model; raises :class:`FormatError` on any inconsistency.
+
+    ``n_bytes`` is the size of the file the model comes from: the arrays its header implies
+    must fit that file's decode budget (:func:`~sciinr.stages.budget.check_model`), checked
+    before any of them is allocated. ``None`` (the encoder checking its own output) skips it.
+    """
     shape4, block, net = validate_meta(meta)
     grid = tuple(-(-s // b) for s, b in zip(shape4, block, strict=True))
     n_blocks = math.prod(grid)
+    if n_bytes is not None:
+        budget.check_model(n_blocks, net, n_bytes)
     _need(sections, ["trivial", "const_lo", "const_span", "block_net"])
     bits = np.frombuffer(unzip_exact(sections["trivial"], -(-n_blocks // 8), "trivial"), np.uint8)
     trivial = np.unpackbits(bits)[:n_blocks].astype(bool)

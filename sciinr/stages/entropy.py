@@ -41,6 +41,7 @@ import numpy as np
 import zstandard
 
 from ..errors import FormatError
+from . import budget
 from .container import header_float, header_int
 from .residual import MAX_CHUNKS, N_TRANSFORMS, Correction
 
@@ -169,18 +170,12 @@ def decode_ints(data: bytes, count: int, what: str = "stream") -> np.ndarray:
     return sym + lo
 
 
-ZSTD_MAX_RATIO = 1 << 15  # largest expansion of a zstd frame (see unzip_exact)
+ZSTD_MAX_RATIO = budget.ZSTD_MAX_RATIO  # largest expansion of a zstd frame
 
 
 def unzip_exact(data: bytes, n_bytes: int, what: str) -> bytes:
     """A zstd frame that records its size, holding exactly ``n_bytes``, decompressed."""
-    # zstd blocks hold at most 128 KiB each behind a 3-byte header plus >= 1 byte of
-    # content, so no frame expands more than 32768-fold: a larger claim is refused before
-    # anything is allocated.
-    if n_bytes > ZSTD_MAX_RATIO * len(data):
-        raise FormatError(
-            f"corrupted section {what!r} ({len(data)} bytes cannot hold {n_bytes} bytes)"
-        )
+    budget.check_frame(len(data), n_bytes, what)
     try:
         declared = zstandard.frame_content_size(data)
     except zstandard.ZstdError:

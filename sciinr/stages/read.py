@@ -7,8 +7,10 @@ Only the variable asked for is read. The time axis comes from the file's dimensi
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Any
@@ -104,12 +106,37 @@ def read(
     )
 
 
+def regular_file(path: Path, what: str = "a file") -> os.stat_result:
+    """``stat`` of a path that must be a regular file, else a one-line :class:`InputError`.
+
+    Checked before the file is opened: opening a named pipe blocks until a writer appears,
+    and a device may never end.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(f"{path}: too many levels of symbolic links (a link loop)") from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise InputError(f"{path}: no such file") from None
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{path}: is a directory, not {what}")
+    if not stat.S_ISREG(st.st_mode):
+        kind = (
+            "a named pipe (FIFO)"
+            if stat.S_ISFIFO(st.st_mode)
+            else "a socket"
+            if stat.S_ISSOCK(st.st_mode)
+            else "a device"
+        )
+        raise InputError(f"{path}: is {kind}, not a regular file")
+    return st
+
+
 def read_path(path: Path, var: str | None, time_dim: str | None) -> Volume:
     """Read a field from a file path (format detected from the magic bytes)."""
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, not a file")
+    regular_file(path)
     try:
         with open(path, "rb") as fh:
             magic = fh.read(8)
@@ -350,7 +377,7 @@ def _check_dtype(dtype: Any, path: str, name: str) -> None:
         dt = np.dtype(dtype)
     except TypeError:
         dt = None
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+    if dt is None or dt.kind != "f" or dt.itemsize not in (4, 8):  # either byte order
         kind = {"S": "strings", "U": "strings", "O": "objects or strings", "V": "compound"}
         note = f" ({kind[dt.kind]})" if dt is not None and dt.kind in kind else ""
         shown = "str" if dtype is str else str(dtype)
@@ -401,7 +428,7 @@ def _to_volume(
             "finite values (mask or fill them first)"
         )
     del finite
-    if src.dtype == np.float64 and np.abs(src).max() > np.finfo(np.float32).max:
+    if src.dtype.itemsize == 8 and np.abs(src).max() > np.finfo(np.float32).max:
         raise InputError(f"{path}: variable {name!r} exceeds the float32 range")
     data = np.ascontiguousarray(src, dtype=np.float32).reshape(full)
     logger.info("read %s:%s shape=%s dims=%s time=%s", path, name, shape, dims, has_time)
@@ -410,7 +437,7 @@ def _to_volume(
         orig_shape=shape,
         dims=dims,
         has_time=has_time,
-        dtype=str(np.dtype(arr.dtype)),
+        dtype=np.dtype(arr.dtype).name,  # "float32" for ">f4" too
         variable=name,
         attrs=attrs,
         source=path,

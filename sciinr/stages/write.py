@@ -12,6 +12,7 @@ destination, never a partial destination.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -84,12 +85,53 @@ def atomic_path(path: Path, overwrite: bool) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
+        if overwrite:
+            os.replace(tmp_path, path)
+        else:
+            _publish_new(tmp_path, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         raise
     _sync_directory(parent)
+
+
+def _publish_new(tmp_path: Path, path: Path) -> None:
+    """Give ``tmp_path`` the name ``path`` only if no file has that name yet.
+
+    A hard link fails when the name exists, atomically, so of two writers racing for one new
+    name exactly one succeeds (a rename would let the second silently replace the first).
+    Where the file system has no hard links, the name is reserved with ``O_EXCL`` first.
+    """
+    taken = OutputError(
+        f"{path}: already exists (another process wrote it meanwhile; use --overwrite / "
+        "overwrite=True to replace)"
+    )
+    try:
+        os.link(tmp_path, path)
+    except FileExistsError:
+        raise taken from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
+            raise
+        try:  # no hard links here: reserve the name, then move the file over the reservation
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            raise taken from None
+        os.replace(tmp_path, path)
+        return
+    tmp_path.unlink()
+
+
+def refuse_same_file(source: object, out: Path) -> None:
+    """An output must never replace its own input (same file, whatever the path says)."""
+    if not isinstance(source, str | os.PathLike):
+        return
+    same = False
+    with contextlib.suppress(OSError):
+        same = Path(out).exists() and Path(source).samefile(out)
+    if same:
+        raise OutputError(f"{out}: is the input file; choose another output")
 
 
 def _sync_directory(directory: Path) -> None:
