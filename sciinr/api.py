@@ -336,14 +336,19 @@ class SinrArray:
         self.variable: str = h["variable"]
         self.psnr: float | None = h.get("psnr")
         self._model: Model | None = None
-        self._residual: entropy.ResidualCodes | None = None  # error-bounded files
+        self.residual: entropy.ResidualCodes | None = None  # an error-bounded file's layer
         if "residual" in h:
             try:
-                self._residual = entropy.ResidualCodes(h["residual"], self._sections, self._shape4)
+                self.residual = entropy.ResidualCodes(h["residual"], self._sections, self._shape4)
             except FormatError as exc:
                 raise FormatError(f"{self.source}: {exc}") from None
-        self.max_error = self._residual.max_error if self._residual is not None else None
+        self.max_error = self.residual.max_error if self.residual is not None else None
         self.device = device
+
+    @property
+    def section_sizes(self) -> dict[str, int]:
+        """Bytes of every section of the file, by name, in file order."""
+        return {k: len(v) for k, v in self._sections.items()}
 
     @property
     def ndim(self) -> int:
@@ -405,13 +410,13 @@ class SinrArray:
             raise too_big
         try:
             model = self.model
-            if self._residual is None:
+            if self.residual is None:
                 internal = decode.decode(model, tuple(region), device=self.device)
             else:  # the float64 prediction the residual layer corrects
                 prediction = decode.decode(
                     model, tuple(region), device=self.device, dtype=np.float64
                 )
-                internal = residual.apply(prediction, self._residual, tuple(region))
+                internal = residual.apply(prediction, self.residual, tuple(region))
             finite = bool(np.isfinite(internal).all())
             sub = internal.reshape([region[a][1] - region[a][0] for a in self._axes()])
             out = np.ascontiguousarray(sub[tuple(post)]).astype(self.dtype, copy=False)
@@ -613,12 +618,11 @@ def info(source: bytes | str | Path) -> dict[str, Any]:
     arr = SinrArray(source)
     n_values = math.prod(arr.shape)
     h = arr.header
-    model_meta = h.get("model") or {}
-    n_params = arr.net.n_params() + arr.net.n_blocks * arr.net.latent_dim
-    net_bytes = sum(
-        len(v)
-        for k, v in arr._sections.items()
-        if k.startswith(("idx_", "latent")) or k in ("codebooks", "params")
+    sizes = arr.section_sizes
+    layer = (
+        arr.residual.describe(h["residual"], h.get("value_range"))
+        if arr.residual is not None
+        else {"max_error": None}
     )
     return {
         "source": arr.source,
@@ -634,21 +638,9 @@ def info(source: bytes | str | Path) -> dict[str, Any]:
         "psnr": arr.psnr,
         "target_psnr": (h.get("config") or {}).get("psnr"),
         "value_range": h.get("value_range"),
-        "networks": arr.net.n_nets,
-        "fitted_blocks": arr.net.n_blocks,
-        "block": (h.get("model") or {}).get("block"),
-        "parameters": n_params,
-        "parameter_encoding": model_meta.get("params_dtype"),
-        "sparsity": model_meta.get("sparsity", 0.0),
-        "bits_per_parameter": 8 * net_bytes / max(n_params, 1),
-        "architecture": {
-            "width": arr.net.width,
-            "depth": arr.net.depth,
-            "latent_dim": arr.net.latent_dim,
-            "omega0": arr.net.omega0,
-        },
-        "sections": {k: len(v) for k, v in arr._sections.items()},
-        **_residual_info(h.get("residual"), arr),
+        **encode.describe(h["model"], arr.net, sizes),
+        "sections": sizes,
+        **layer,
         "attrs": arr.attrs,
     }
 
@@ -697,39 +689,6 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_json_safe(v) for v in obj]
     return obj
-
-
-def _residual_info(meta: Any, arr: SinrArray) -> dict[str, Any]:
-    """``info()`` entries of a residual layer: the guarantee and the network/residual split."""
-    if arr._residual is None or not isinstance(meta, dict):
-        return {"max_error": None}
-    layer = arr._residual
-    return {
-        "max_error": layer.max_error,
-        "rel_error": (
-            layer.max_error / (arr.header["value_range"][1] - arr.header["value_range"][0])
-            if _range_ok(arr.header.get("value_range"))
-            else None
-        ),
-        "residual": {
-            "mode": meta.get("mode"),
-            "step": layer.step,
-            "exact_voxels": layer.n_exact,
-            "network_bytes": meta.get("network_bytes"),
-            "residual_bytes": meta.get("residual_bytes"),
-            "network_psnr": meta.get("network_psnr"),
-            "split": meta.get("split"),
-        },
-    }
-
-
-def _range_ok(vr: Any) -> bool:
-    return (
-        isinstance(vr, list)
-        and len(vr) == 2
-        and all(isinstance(v, int | float) for v in vr)
-        and vr[1] > vr[0]
-    )
 
 
 def verify(

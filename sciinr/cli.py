@@ -282,7 +282,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(bench: bool = True) -> argparse.ArgumentParser:
+    """The ``sciinr`` parser; ``bench=False`` leaves out the options of ``sciinr bench``.
+
+    Those come from the optional :mod:`sciinr.bench` package, imported only when that
+    command runs (or ``bench`` is true).
+    """
     parser = _Parser(
         prog="sciinr",
         description="Compress time-varying scientific fields with implicit neural representations.",
@@ -365,22 +370,24 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_demo)
 
-    from .bench.run import add_arguments as add_bench_arguments
-
     p = sub.add_parser(
         "bench",
         help="rate-distortion benchmark against SZ3, ZFP, TTHRESH, SPERR, fpzip, zstd",
         description="Sweep sciinr and the baselines on one field; write CSV, PNG, JSON and a "
         "summary (ratio at 40/50/60 dB) to benchmarks/results/<dataset>/.",
     )
-    add_bench_arguments(p)
+    if bench:
+        from .bench.run import add_arguments as add_bench_arguments
+
+        add_bench_arguments(p)
     common(p)
     p.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    parser = build_parser(bench=words[:1] == ["bench"])
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * args.verbose if not args.quiet else logging.ERROR
     logging.basicConfig(

@@ -47,3 +47,20 @@ def test_no_code_comment_names_an_issue():
         if re.search(r"\bissue\s*#?\d", line, re.IGNORECASE)
     ]
     assert hits == []
+
+
+def test_cli_imports_the_benchmarks_only_for_sciinr_bench(tmp_path):
+    code = (
+        "import sys\nfrom sciinr import cli\n"
+        f"rc = cli.main(['info', {str(tmp_path / 'missing.sinr')!r}])\n"
+        "print(rc, [m for m in sys.modules if m.startswith('sciinr.bench')])"
+    )
+    assert _run(code) == "2 []"
+    bench_help = subprocess.run(
+        [sys.executable, "-m", "sciinr.cli", "bench", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    assert "--codecs" in bench_help

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -97,3 +99,71 @@ def test_masks_prune_fraction_and_prefer_hard_networks():
     assert masks["w_h0"].sum() == 256
     # the network with the larger error keeps more weights
     assert masks["w_h0"][1].sum() > masks["w_h0"][0].sum()
+
+
+# ----------------------------------------------------------------------------- shrink() itself
+
+
+@pytest.fixture(scope="module")
+def fitted_tiny():
+    """Blocks, assignment and fitted networks of a tiny field (the stages before shrink)."""
+    from sciinr.metrics import rmse_for_psnr
+    from sciinr.stages import cluster, fit, partition, read
+
+    from .conftest import smooth_field, tiny
+
+    volume = read.read(smooth_field(t=2, z=8, y=16, x=16))
+    cfg = tiny(psnr=30.0)
+    lo, hi = volume.value_range
+    blocks = partition.partition(volume, cfg.partition, rmse_for_psnr(30.0, hi - lo))
+    asg = cluster.cluster(blocks, cfg.cluster)
+    fitted = fit.fit(blocks, asg, cfg.fit, target_psnr=30.0, value_range=hi - lo)
+    return blocks, asg, fitted, cfg, hi - lo
+
+
+def test_a_prune_step_that_cannot_recover_is_undone(fitted_tiny):
+    from sciinr.stages import shrink
+
+    blocks, asg, fitted, cfg, vr = fitted_tiny
+    scfg = dataclasses.replace(cfg.shrink, prune=0.9, prune_steps=1, recovery_steps=5, keep_db=20)
+    pruned = shrink.prune(blocks, asg, fitted, scfg, cfg.fit, target_psnr=30.0, value_range=vr)
+    assert pruned.sparsity == 0.0  # 90 % pruned cannot stay 20 dB above the target: undone
+    assert all(m.all() for m in pruned.masks.values())
+    for name, arr in fitted.arrays.items():
+        np.testing.assert_array_equal(pruned.arrays[name], arr)
+    assert pruned.psnr == fitted.psnr
+    assert [step for step, *_ in pruned.log] == ["fit"]
+
+
+def test_a_prune_step_that_recovers_is_kept(fitted_tiny):
+    from sciinr.stages import shrink
+
+    blocks, asg, fitted, cfg, vr = fitted_tiny
+    scfg = dataclasses.replace(cfg.shrink, prune=0.5, prune_steps=1, recovery_steps=5, keep_db=0)
+    pruned = shrink.prune(blocks, asg, fitted, scfg, cfg.fit, target_psnr=10.0, value_range=vr)
+    assert pruned.sparsity == pytest.approx(0.5, abs=0.05)
+    assert [step for step, *_ in pruned.log] == ["fit", "prune 0.50"]
+    for name, mask in pruned.masks.items():
+        assert not pruned.arrays[name][~mask].any()  # pruned weights stay zero
+
+
+def test_weight_sharing_adds_bits_until_the_target(fitted_tiny):
+    from sciinr.stages import shrink
+
+    blocks, asg, fitted, cfg, vr = fitted_tiny
+    scfg = dataclasses.replace(cfg.shrink, prune=0.0, bits=1, max_bits=8, finetune_steps=0)
+
+    def run(lo: int, hi: int, target: float):
+        c = dataclasses.replace(scfg, bits=lo, max_bits=hi)
+        small = shrink.shrink(blocks, asg, fitted, c, cfg.fit, target_psnr=target, value_range=vr)
+        bits = int(small.log[-1][0].split()[1])  # ("share B bits + fine-tune", psnr, count)
+        return small, bits
+
+    one, _ = run(1, 1, 0.0)
+    target = one.psnr + 3.0  # one bit falls short of it
+    small, bits = run(1, 8, target)
+    assert bits > 1  # escalated past the first width
+    assert small.psnr >= target
+    assert max(cb.size for cb in small.codebooks.values()) <= 2**bits
+    fewer, _ = run(bits - 1, bits - 1, target)
+    assert fewer.psnr < target  # it stopped at the first width that reaches the target

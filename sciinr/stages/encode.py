@@ -169,6 +169,33 @@ def validate_meta(meta: Any) -> tuple[tuple[int, ...], tuple[int, ...], NetShape
     return tuple(shape4), tuple(block), shape
 
 
+def describe(meta: dict[str, Any], net: NetShape, sizes: dict[str, int]) -> dict[str, Any]:
+    """``sciinr.info`` entries of the networks of a file (``meta`` checked by validate_meta).
+
+    ``sizes`` are the file's section sizes; the networks' own sections (parameters,
+    codebooks, latents) give ``bits_per_parameter``.
+    """
+    n_params = net.n_params() + net.n_blocks * net.latent_dim
+    own = [*(f"idx_{n}" for n in net.param_names()), "codebooks", "latent_q", "latent_scale"]
+    own += ["params", "latents"]
+    net_bytes = sum(sizes.get(k, 0) for k in own)
+    return {
+        "networks": net.n_nets,
+        "fitted_blocks": net.n_blocks,
+        "block": meta.get("block"),
+        "parameters": n_params,
+        "parameter_encoding": meta.get("params_dtype"),
+        "sparsity": meta.get("sparsity", 0.0),
+        "bits_per_parameter": 8 * net_bytes / max(n_params, 1),
+        "architecture": {
+            "width": net.width,
+            "depth": net.depth,
+            "latent_dim": net.latent_dim,
+            "omega0": net.omega0,
+        },
+    }
+
+
 def _need(sections: dict[str, bytes], names: list[str]) -> None:
     missing = set(names) - set(sections)
     if missing:

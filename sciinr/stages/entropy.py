@@ -417,6 +417,29 @@ class ResidualCodes:
         self._escapes: np.ndarray | None = None
         self._exact: tuple[np.ndarray, np.ndarray] | None = None
 
+    def describe(self, meta: dict[str, Any], value_range: Any) -> dict[str, Any]:
+        """``sciinr.info`` entries: the guarantee and the network/residual split."""
+        vr = value_range
+        span_ok = (
+            isinstance(vr, list)
+            and len(vr) == 2
+            and all(isinstance(v, int | float) for v in vr)
+            and vr[1] > vr[0]
+        )
+        return {
+            "max_error": self.max_error,
+            "rel_error": self.max_error / (vr[1] - vr[0]) if span_ok else None,
+            "residual": {
+                "mode": meta.get("mode"),
+                "step": self.step,
+                "exact_voxels": self.n_exact,
+                "network_bytes": meta.get("network_bytes"),
+                "residual_bytes": meta.get("residual_bytes"),
+                "network_psnr": meta.get("network_psnr"),
+                "split": meta.get("split"),
+            },
+        }
+
     def codes(self, c: int) -> tuple[int, np.ndarray] | None:
         """(transform, int64 codes) of chunk ``c``, None when all are zero."""
         rec = self.index[c]
