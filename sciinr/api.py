@@ -229,6 +229,9 @@ def compress(
     max_error: float | None = None,
     rel_error: float | None = None,
     ratio: float | None = None,
+    memory_limit: int | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> bytes | Path:
     """Compress a field.
 
@@ -260,6 +263,13 @@ def compress(
         The same bound as a fraction of the value range (max - min).
     ratio : float, optional
         Aim at this compression ratio (within 5 %) with the best PSNR reachable.
+    memory_limit : int, optional
+        Bytes one process may use: the field streams from its file in groups sized to fit
+        (``config.scale``; see docs/scale.md).
+    workers : int, optional
+        Fit the groups on a dask ``LocalCluster`` of this many processes (``sciinr[dask]``).
+    scheduler : str, optional
+        Fit the groups on the dask cluster at this address.
 
     Returns
     -------
@@ -284,11 +294,20 @@ def compress(
     bounds = {"max_error": max_error, "rel_error": rel_error, "ratio": ratio}
     if any(v is not None for v in bounds.values()):
         cfg = cfg.replace(**{f"bound.{k}": v for k, v in bounds.items()})
+    if memory_limit is not None:
+        cfg = cfg.replace(**{"scale.memory_limit": int(memory_limit)})
     if out is not None:
         write.refuse_same_file(data, Path(out))
         write.check_destination(Path(out), overwrite)
-    volume = read.read(data, var=var, time_dim=time_dim, dims=dims)
-    blob, _ = compress_volume(volume, cfg, progress=progress)
+    if cfg.scale.streaming or workers or scheduler is not None:  # out of core / on dask
+        from . import scale
+
+        blob, _ = scale.compress_source(
+            data, cfg, var=var, time_dim=time_dim, dims=dims, workers=workers, scheduler=scheduler
+        )
+    else:
+        volume = read.read(data, var=var, time_dim=time_dim, dims=dims)
+        blob, _ = compress_volume(volume, cfg, progress=progress)
     if out is None:
         return blob
     return write.write_bytes(Path(out), blob, overwrite=overwrite)
