@@ -6,7 +6,7 @@ from sciinr.metrics import rmse_for_psnr
 from sciinr.payloads import Model
 from sciinr.stages import cluster, encode, fit, partition, read, shrink
 
-from .conftest import smooth_field, tiny
+from ..conftest import smooth_field, tiny
 
 
 @pytest.fixture(scope="module")

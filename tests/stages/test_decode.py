@@ -12,7 +12,7 @@ from sciinr.nets import block_bias, fold, local_coords, siren_forward
 from sciinr.payloads import Model
 from sciinr.stages import cluster, decode, fit, partition, read
 
-from .conftest import smooth_field
+from ..conftest import smooth_field
 
 
 @pytest.fixture(scope="module")

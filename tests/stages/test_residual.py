@@ -10,23 +10,14 @@ from sciinr.metrics import psnr
 from sciinr.nets import block_bias, fold, local_coords, siren_eval
 from sciinr.stages import container, entropy, residual
 
-from .conftest import smooth_field
+from ..conftest import smooth_field, tiny
 
 CHUNK = (2, 4, 8, 8)
 
 
 def _fast(**changes) -> Config:
-    base = {
-        "partition.block": (2, 8, 8, 8),
-        "fit.width": 16,
-        "fit.depth": 1,
-        "fit.samples_per_net": 256,
-        "fit.eval_every": 10,
-        "fit.max_steps": 20,
-        "fit.device": "cpu",
-        "bound.split": (1,),
-    }
-    return Config(psnr=30.0).replace(**{**base, **changes})
+    base = {"fit.samples_per_net": 256, "fit.eval_every": 10, "fit.max_steps": 20}
+    return tiny(**{**base, "bound.split": (1,), **changes})
 
 
 def _front(shape=(3, 8, 16, 16)) -> np.ndarray:
