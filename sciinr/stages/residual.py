@@ -25,6 +25,8 @@ The rule (also in benchmarks/README.md, "Error bounds"):
    other way (within :func:`prediction_margin`), both roundings are checked.
 4. **Exact voxels.** Any voxel that fails 3 (or whose code clips) is stored exactly (its
    float32 value) and overrides the reconstruction. In practice there are none, or a few.
+5. **Missing values.** With a mask (``valid``) the bound holds at the valid voxels; the
+   residual of a masked voxel is coded as 0 and never checked, so it costs (almost) nothing.
 
 Coding. The residual is cut into chunks (the model's blocks; larger ones for a file without
 networks), each decodable alone, so a region decode reads only its chunks. Per chunk the
@@ -226,14 +228,25 @@ def interpolate(
     return out, rec
 
 
-def squared_error(original: np.ndarray, prediction: np.ndarray, step: float) -> float:
-    """Sum of squared errors (float64) of the reconstruction with this step (for searches)."""
+def squared_error(
+    original: np.ndarray,
+    prediction: np.ndarray,
+    step: float,
+    valid: np.ndarray | None = None,
+) -> float:
+    """Sum of squared errors (float64) of the reconstruction with this step (for searches).
+
+    With ``valid`` (True = holds data) only the valid voxels count.
+    """
     total = 0.0
     flat_o, flat_p = original.reshape(-1), prediction.reshape(-1)
+    flat_v = None if valid is None else valid.reshape(-1)
     n = 1 << 22
     for s in range(0, flat_o.size, n):
         o, p = flat_o[s : s + n], flat_p[s : s + n]
         d = o.astype(np.float64) - reconstruct(p, quantize(o - p, step), step)
+        if flat_v is not None:
+            d = d[flat_v[s : s + n]]
         total += float(d @ d)
     return total
 
@@ -288,8 +301,12 @@ def fit(
     chunk: tuple[int, ...] = DEFAULT_CHUNK,
     margin: float = 0.0,
     step: float | None = None,
+    valid: np.ndarray | None = None,
 ) -> Correction:
     """Quantize the residual of ``prediction`` so that every voxel decodes within ``max_error``.
+
+    With ``valid`` (True = the voxel holds data) the bound holds on the valid voxels; the
+    residual of a masked voxel is coded as zero (it costs nothing and is never exact).
 
     Parameters
     ----------
@@ -307,6 +324,8 @@ def fit(
         (:func:`prediction_margin`).
     step : float, optional
         Quantizer step; default :func:`step_for`. A given step must not exceed ``2 E``.
+    valid : numpy.ndarray, optional
+        (T, Z, Y, X) bool mask of the voxels that hold data; default: all.
 
     Returns
     -------
@@ -314,7 +333,8 @@ def fit(
     """
     if not (max_error > 0 and math.isfinite(max_error)):
         raise ValueError(f"max_error must be positive and finite, got {max_error}")
-    peak = float(np.abs(original).max()) + max_error if original.size else max_error
+    vals = original if valid is None else original[valid]
+    peak = float(np.abs(vals).max()) + max_error if vals.size else max_error
     if step is None:
         step = step_for(max_error, peak)
     if not 0 < step <= 2 * max_error:
@@ -326,10 +346,14 @@ def fit(
     for sl in slices:
         o, p = original[sl], prediction[sl]
         r = o.astype(np.float64) - p
+        if valid is not None:  # masked voxels: residual zero, checked nowhere
+            r[~valid[sl]] = 0.0
         transform, codes, rhat, clipped = _choose(r, step)
         y = p + rhat
         out = y.astype(np.float32)
         bad = _unsafe(o, y, out, max_error, margin) | clipped
+        if valid is not None:
+            bad &= valid[sl]
         idx = np.flatnonzero(bad)
         if transform < len(TRANSFORMS) and idx.size:  # exact voxels: code 0 (cheapest)
             q = np.rint(rhat / step).astype(np.int64)
@@ -340,6 +364,8 @@ def fit(
         exact_val.append(o.reshape(-1)[idx].astype("<f4"))
         d = o.astype(np.float64) - out
         d.reshape(-1)[idx] = 0.0
+        if valid is not None:
+            d[~valid[sl]] = 0.0
         sse += float(np.square(d).sum())
     return Correction(
         chunk=chunk,
@@ -487,10 +513,17 @@ def apply(prediction: np.ndarray, source: Source, region: Region) -> np.ndarray:
     return out
 
 
-def check(original: np.ndarray, prediction: np.ndarray, source: Source) -> None:
-    """Decode the coded layer as a decoder would and check its bound at every voxel."""
+def check(
+    original: np.ndarray,
+    prediction: np.ndarray,
+    source: Source,
+    valid: np.ndarray | None = None,
+) -> None:
+    """Decode the coded layer as a decoder would and check its bound at every (valid) voxel."""
     out = apply(prediction, source, tuple((0, s) for s in original.shape))
     err = np.abs(original.astype(np.float64) - out)
+    if valid is not None:
+        err = err[valid]
     worst = float(err.max()) if err.size else 0.0
     if worst > source.max_error:  # a bug, not bad input: keep the traceback
         raise AssertionError(
