@@ -34,9 +34,8 @@ from ..payloads import BlockConstants, Model, Shrunk, dequantize_shared, dequant
 from . import budget
 from .container import header_float as _float
 from .container import header_int as _int
-from .entropy import decode_ints, encode_ints, unzip_exact
+from .entropy import ZSTD_LEVEL, decode_ints, encode_ints, unzip_exact
 
-ZSTD_LEVEL = 19
 MAX_VALUES = 1 << 40  # largest field a header may describe
 MAX_BLOCKS = 1 << 31
 MAX_CODEBOOK = 1 << 12

@@ -47,7 +47,7 @@ from .residual import MAX_CHUNKS, N_TRANSFORMS, Correction
 
 MAX_ALPHABET = 1 << 16
 _HEAD = struct.Struct("<BiI")
-ZSTD_LEVEL = 19
+ZSTD_LEVEL = 19  # every zstd frame sciinr writes (the format does not depend on it)
 
 
 def _uint_dtype(alphabet: int) -> np.dtype:

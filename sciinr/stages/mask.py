@@ -22,11 +22,10 @@ import numpy as np
 import zstandard
 
 from ..errors import FormatError
-from .entropy import unzip_exact
+from .entropy import ZSTD_LEVEL, unzip_exact
 
 SECTION = "mask"
 VERSION = (2, 0)  # format version of a file with a mask (a 1.x reader would ignore it)
-ZSTD_LEVEL = 19
 
 
 def encode(mask: np.ndarray, fill_value: float | None) -> tuple[dict[str, Any], bytes]:
