@@ -35,6 +35,7 @@ def field() -> np.ndarray:
 
 
 TINY = {
+    "base.kind": "none",  # these settings exercise the block networks
     "partition.block": (2, 8, 8, 8),
     "fit.width": 16,
     "fit.depth": 1,
@@ -54,6 +55,7 @@ def tiny(psnr: float = 30.0, **changes) -> Config:
 
 
 MICRO = {
+    "base.kind": "none",  # these settings exercise the block networks
     "partition.block": (2, 4, 4, 4),
     "fit.width": 8,
     "fit.depth": 1,
