@@ -207,11 +207,11 @@ def encode_networks(volume: Volume, cfg: Config, progress: bool = False) -> rate
 def compress_volume(volume: Volume, cfg: Config, progress: bool = False) -> tuple[bytes, Report]:
     """Run the whole pipeline on a volume; returns the ``.sinr`` bytes and a :class:`Report`.
 
-    The composition: the network stages (:func:`encode_networks`) model the field block by
-    block; rate control (:func:`sciinr.rate.choose`) decides how often to run them and
-    which residual layer (:mod:`sciinr.stages.residual`) corrects their prediction; the
-    container packs the result, once. A whole-field prediction stage would slot in first,
-    the blocks then modelling ``volume.data - prediction``.
+    The composition: a whole-field base (:func:`encode_base`) where it serves the target
+    (:func:`uses_base`); otherwise the network stages (:func:`encode_networks`) model the
+    field block by block, and rate control (:func:`sciinr.rate.choose`) decides how often
+    to run them and which residual layer (:mod:`sciinr.stages.residual`, which corrects any
+    float64 prediction) closes the gap. The container packs the result, once.
     """
     t0 = time.perf_counter()
     if uses_base(volume, cfg):
