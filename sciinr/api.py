@@ -605,7 +605,7 @@ class SinrArray:
         return self[...]
 
     def _base_only(self, what: str) -> tucker.TuckerBase:
-        if self.net is not None or self._residual is not None:
+        if self.net is not None or self.residual is not None:
             raise InputError(
                 f"{self.source}: {what} needs a file whose field is a whole-field base "
                 "(this one is block networks or carries an error bound; decode its grid)"
