@@ -487,7 +487,7 @@ class SinrArray:
     def __init__(
         self, source: bytes | str | Path, device: str = "auto", variable: str | None = None
     ):
-        data, self.source = _read_source(source)
+        data, self.source = read_source(source)
         self._bytes = data if self.source == "<bytes>" else None  # what dask tasks reopen
         self.header, self._sections = container.unpack(data, self.source)
         self.nbytes_file = len(data)
@@ -835,7 +835,7 @@ def parse_index(text: str) -> tuple[Any, ...]:
     return tuple(items)
 
 
-def _read_source(source: Any) -> tuple[bytes, str]:
+def read_source(source: Any) -> tuple[bytes, str]:
     """The bytes of a ``.sinr`` source and a name for messages."""
     if isinstance(source, bytes | bytearray | memoryview):
         return bytes(source), "<bytes>"
@@ -930,7 +930,7 @@ def info(source: bytes | str | Path, variable: str | None = None) -> dict[str, A
         Not a .sinr file, truncated, corrupted, or from a newer format version.
     """
     if variable is None:
-        data, name = _read_source(source)
+        data, name = read_source(source)
         head, _ = container.unpack(data, name)
         if dataset.is_dataset(head):
             from .datafile import info as dataset_info

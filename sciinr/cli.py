@@ -229,9 +229,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         )
         name = var or Path(args.input).stem
     else:
-        volume = read.read(
-            args.input, var=var, time_dim=args.time_dim, dims=dims, select=select
-        )
+        volume = read.read(args.input, var=var, time_dim=args.time_dim, dims=dims, select=select)
         blob, report = api.compress_volume(volume, cfg, progress=_progress(args))
         name = volume.variable
     write.write_bytes(out, blob, overwrite=args.overwrite)
@@ -286,7 +284,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 
 def _is_dataset_file(path: str) -> bool:
-    data, name = api._read_source(path)
+    data, name = api.read_source(path)
     header, _ = api.container.unpack(data, name)
     return api.dataset.is_dataset(header)
 
