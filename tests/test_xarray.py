@@ -132,3 +132,25 @@ def test_entry_point_declared():
     if not any(ep.name == "sciinr" for ep in eps):
         pytest.skip("sciinr's entry points are not installed (re-run pip install -e .)")
     assert "sciinr" in xr.backends.list_engines()
+
+
+def test_missing_values_come_back_where_they_were(tmp_path):
+    import netCDF4
+
+    src = tmp_path / "m.nc"
+    make_dataset(src)
+    with netCDF4.Dataset(src, "a") as ds:  # land: a corner of every step, in both fields
+        ds["theta"][:, :, :4, :5] = np.ma.masked
+        ds["wind"][:, :, :4, :5] = np.ma.masked
+    sinr = sciinr.compress_dataset(src, variables="all", config=tiny(30.0), out=tmp_path / "m.sinr")
+    a = xr.open_dataset(src)
+    b = xr.open_dataset(sinr, engine=ENGINE)
+    for name in ("theta", "wind"):
+        missing = np.isnan(a[name].values)
+        assert missing.sum() == 4 * 8 * 4 * 5
+        np.testing.assert_array_equal(np.isnan(b[name].values), missing)
+        assert psnr(a[name].values[~missing], b[name].values[~missing]) >= 29
+    back = tmp_path / "m_back.nc"
+    sciinr.decompress_dataset(sinr, back)
+    c = xr.open_dataset(back)
+    np.testing.assert_array_equal(np.isnan(c["wind"].values), np.isnan(a["wind"].values))
