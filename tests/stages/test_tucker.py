@@ -225,7 +225,8 @@ def test_a_base_beyond_the_decode_budget_is_not_written(monkeypatch, tiny_config
     """The writer keeps the reader's rule: a base the budget refuses gives way to networks."""
     import sciinr
 
-    monkeypatch.setattr(tucker, "BYTES_PER_COEFFICIENT", 1 << 40)
+    monkeypatch.setattr(tucker, "SYMBOLS_PER_BYTE", 0)
+    monkeypatch.setattr(tucker, "SYMBOL_ALLOWANCE", 0)
     cfg = tiny_config.replace(**{"base.kind": "tucker"})
     blob = sciinr.compress(smooth_field(2, 8, 16, 16), config=cfg)
     assert sciinr.info(blob)["networks"] > 0
