@@ -257,37 +257,51 @@ def _read_hdf5(
     except OSError as exc:
         raise InputError(f"{path}: unreadable HDF5 file ({exc})") from None
     with fh:
-        fields: list[str] = []
-        try:
-            fh.visititems(
-                lambda name, obj: (
-                    fields.append(name) if isinstance(obj, h5py.Dataset) and obj.ndim >= 2 else None
-                )
-            )
-        except (OSError, RuntimeError, KeyError) as exc:
-            raise InputError(f"{path}: unreadable HDF5 file ({exc})") from None
-        if var is None:
-            if len(fields) != 1:
-                raise InputError(
-                    f"{path}: {len(fields)} candidate datasets, choose one with "
-                    f"--var (has: {', '.join(fields) or 'none'})"
-                )
-            var = fields[0]
-        try:
-            obj = fh.get(var)
-        except (OSError, RuntimeError, KeyError, ValueError) as exc:
-            raise InputError(f"{path}: variable {var!r} cannot be read ({exc})") from None
-        if isinstance(obj, h5py.Group):
-            raise InputError(
-                f"{path}: {var!r} is a group, not a dataset (has: "
-                f"{', '.join(fields) or 'no multi-dimensional datasets'})"
-            )
-        if not isinstance(obj, h5py.Dataset):
-            raise InputError(
-                f"{path}: variable {var!r} not found (has: "
-                f"{', '.join(fields) or 'no multi-dimensional datasets'})"
-            )
+        obj = hdf5_dataset(fh, path, var)
         return _from_h5_dataset(obj, str(path), time_dim, select)
+
+
+def hdf5_dataset(fh: Any, path: Path, var: str | None) -> Any:
+    """The dataset ``var`` of an open HDF5 file, or its only multi-dimensional dataset.
+
+    Raises
+    ------
+    InputError
+        No such dataset, a group, several candidates and no ``var``, or unreadable.
+    """
+    import h5py
+
+    fields: list[str] = []
+    try:
+        fh.visititems(
+            lambda name, obj: (
+                fields.append(name) if isinstance(obj, h5py.Dataset) and obj.ndim >= 2 else None
+            )
+        )
+    except (OSError, RuntimeError, KeyError) as exc:
+        raise InputError(f"{path}: unreadable HDF5 file ({exc})") from None
+    if var is None:
+        if len(fields) != 1:
+            raise InputError(
+                f"{path}: {len(fields)} candidate datasets, choose one with "
+                f"--var (has: {', '.join(fields) or 'none'})"
+            )
+        var = fields[0]
+    try:
+        obj = fh.get(var)
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        raise InputError(f"{path}: variable {var!r} cannot be read ({exc})") from None
+    if isinstance(obj, h5py.Group):
+        raise InputError(
+            f"{path}: {var!r} is a group, not a dataset (has: "
+            f"{', '.join(fields) or 'no multi-dimensional datasets'})"
+        )
+    if not isinstance(obj, h5py.Dataset):
+        raise InputError(
+            f"{path}: variable {var!r} not found (has: "
+            f"{', '.join(fields) or 'no multi-dimensional datasets'})"
+        )
+    return obj
 
 
 def _from_h5_dataset(
@@ -421,18 +435,30 @@ def _read_netcdf(
     except OSError as exc:
         raise InputError(f"{path}: unreadable NetCDF file ({exc.strerror or exc})") from None
     with ds:
-        coord_names = set(ds.dimensions)
-        fields = [n for n, v in ds.variables.items() if v.ndim >= 2 and n not in coord_names]
-        if var is None:
-            if len(fields) != 1:
-                raise InputError(
-                    f"{path}: {len(fields)} candidate variables, choose one with "
-                    f"--var (has: {', '.join(fields) or 'none'})"
-                )
-            var = fields[0]
-        if var not in ds.variables:
-            raise InputError(f"{path}: variable {var!r} not found (has: {', '.join(fields)})")
+        var = netcdf_variable(ds, path, var)
         return _from_nc_variable(ds.variables[var], str(path), time_dim, select)
+
+
+def netcdf_variable(ds: Any, path: Path, var: str | None) -> str:
+    """The name of variable ``var`` of an open NetCDF file, or of its only field variable.
+
+    Raises
+    ------
+    InputError
+        No such variable, or several candidates and no ``var``.
+    """
+    coord_names = set(ds.dimensions)
+    fields = [n for n, v in ds.variables.items() if v.ndim >= 2 and n not in coord_names]
+    if var is None:
+        if len(fields) != 1:
+            raise InputError(
+                f"{path}: {len(fields)} candidate variables, choose one with "
+                f"--var (has: {', '.join(fields) or 'none'})"
+            )
+        var = fields[0]
+    if var not in ds.variables:
+        raise InputError(f"{path}: variable {var!r} not found (has: {', '.join(fields)})")
+    return var
 
 
 def _from_nc_variable(

@@ -186,20 +186,7 @@ def _hdf5_field(path: Path, var: str | None, time_dim: str | None) -> Field:
     except OSError as exc:
         raise InputError(f"{path}: unreadable HDF5 file ({exc})") from None
     with fh:
-        names: list[str] = []
-        fh.visititems(
-            lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) and o.ndim >= 2 else None
-        )
-        if var is None:
-            if len(names) != 1:
-                raise InputError(
-                    f"{path}: {len(names)} candidate datasets, choose one with --var "
-                    f"(has: {', '.join(names) or 'none'})"
-                )
-            var = names[0]
-        ds = fh.get(var)
-        if not isinstance(ds, h5py.Dataset):
-            raise InputError(f"{path}: variable {var!r} not found (has: {', '.join(names)})")
+        ds = read_stage.hdf5_dataset(fh, path, var)
         labels = [d.label for d in ds.dims]
         dims = tuple(lbl if lbl else f"dim{i}" for i, lbl in enumerate(labels))
         attrs = read_stage._clean_attrs(dict(ds.attrs))
@@ -216,17 +203,7 @@ def _netcdf_field(path: Path, var: str | None, time_dim: str | None) -> Field:
     except OSError as exc:
         raise InputError(f"{path}: unreadable NetCDF file ({exc.strerror or exc})") from None
     with ds:
-        coords = set(ds.dimensions)
-        names = [n for n, v in ds.variables.items() if v.ndim >= 2 and n not in coords]
-        if var is None:
-            if len(names) != 1:
-                raise InputError(
-                    f"{path}: {len(names)} candidate variables, choose one with --var "
-                    f"(has: {', '.join(names) or 'none'})"
-                )
-            var = names[0]
-        if var not in ds.variables:
-            raise InputError(f"{path}: variable {var!r} not found (has: {', '.join(names)})")
+        var = read_stage.netcdf_variable(ds, path, var)
         v = ds.variables[var]
         packed = "scale_factor" in v.ncattrs() or "add_offset" in v.ncattrs()
         attrs = read_stage._clean_attrs({k: v.getncattr(k) for k in v.ncattrs()})
