@@ -178,3 +178,26 @@ def test_zstd_frame_claims_are_bounded_by_its_length():
     with pytest.raises(FormatError, match="cannot hold"):
         entropy.unzip_exact(frame, 1 << 30, "x")
     assert entropy.unzip_exact(frame, 1 << 20, "x") == bytes(1 << 20)
+
+
+def test_fuzz_resource_oracle_catches_a_decode_over_its_budget(monkeypatch, tmp_path):
+    """benchmarks/fuzz.py counts an over-budget decode as a crash (here: budget switched off)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import fuzz
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    monkeypatch.setattr(fuzz, "WORK", tmp_path)
+    campaign = fuzz.Campaign(3, tmp_path / "fuzz.json", "test")
+    if not campaign.memory.ok:
+        pytest.skip("no /proc/self/clear_refs: peak RSS cannot be measured here")
+    heavy = crafted.model_file([1, 64, 256, 256], [1, 1, 1, 1], crafted._net(0, 0), "float16")
+    campaign(GOLDEN.read_bytes())  # a valid file decodes within its bound
+    campaign(heavy)  # 2**22 blocks, ~270 MB: refused by the budget
+    monkeypatch.setattr(budget, "BASE", 1 << 40)
+    campaign(heavy)  # now decoded: the oracle must see it
+    campaign.write_stats()
+    stats = json.loads((tmp_path / "fuzz.json").read_text())
+    assert stats["outcomes"] == {"decoded": 1, "format_error": 1, "crash": 1}, stats
+    assert stats["resource_oracle"]["resource_crashes"] == 1
+    assert list(stats["crash_kinds"]) == ["resource: memory"]
