@@ -18,6 +18,7 @@ from .config import (
     Config,
     FitConfig,
     PartitionConfig,
+    ScaleConfig,
     ShrinkConfig,
 )
 from .errors import ConfigError, FormatError, InputError, OutputError, SciinrError
@@ -33,6 +34,7 @@ __all__ = [
     "OutputError",
     "PartitionConfig",
     "Report",
+    "ScaleConfig",
     "SciinrError",
     "ShrinkConfig",
     "SinrArray",

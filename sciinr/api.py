@@ -31,6 +31,7 @@ from .stages import (
     decode,
     encode,
     fit,
+    mask,
     partition,
     read,
     residual,
@@ -115,14 +116,15 @@ def encode_networks(volume: Volume, cfg: Config, progress: bool = False) -> rate
     model = Model.from_fit(blocks, fitted, arrays=small.arrays)
     meta, sections = encode.encode_model(model, small)
     stored = encode.decode_model(meta, sections)
-    reached = psnr(volume.data, decode.decode(stored, device=cfg.fit.device))
+    reached = psnr(volume.data, decode.decode(stored, device=cfg.fit.device), volume.mask)
+    header, all_sections = _with_mask(volume, build_header(volume, cfg, meta, reached), sections)
     return rate.Networks(
         config=cfg,
         meta=meta,
         sections=sections,
         model=stored,
         psnr=reached,
-        n_bytes=container.packed_size(build_header(volume, cfg, meta, reached), sections),
+        n_bytes=container.packed_size(header, all_sections),
         n_nets=fitted.shape.n_nets,
         n_blocks=blocks.n_blocks,
         n_trivial=int(blocks.trivial.sum()),
@@ -150,7 +152,7 @@ def compress_volume(volume: Volume, cfg: Config, progress: bool = False) -> tupl
     choice = rate.choose(volume, cfg, networks, file_size)
     net, corr = choice.networks, choice.correction
     header, sections = _file(volume, cfg, net, choice.split, corr, choice.tried)
-    blob = container.pack(header, sections)
+    blob = pack(header, sections)
     report = Report(
         n_values=volume.data.size,
         n_bytes=len(blob),
@@ -193,7 +195,7 @@ def _file(
     """Header and sections of the file of these networks and residual layer."""
     header = build_header(volume, cfg, net.meta, _reached(volume, net, corr))
     if corr is None:
-        return header, net.sections
+        return _with_mask(volume, header, net.sections)
     header["residual"] = {
         **corr.meta,
         "mode": cfg.bound.target or "psnr",
@@ -203,7 +205,23 @@ def _file(
         "split": split,
         "tried": list(tried),
     }
-    return header, {**net.sections, **corr.sections}
+    return _with_mask(volume, header, {**net.sections, **corr.sections})
+
+
+def _with_mask(
+    volume: Volume, header: dict[str, Any], sections: dict[str, bytes]
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The header and sections, with the mask entry and section of a field that has one."""
+    if volume.mask is None:
+        return header, sections
+    meta, bits = mask.encode(volume.mask, volume.fill_value)
+    return {**header, "mask": meta}, {**sections, mask.SECTION: bits}
+
+
+def pack(header: dict[str, Any], sections: dict[str, bytes]) -> bytes:
+    """The ``.sinr`` bytes, in the oldest format version that holds them."""
+    version = mask.VERSION if "mask" in header else container.BASE_VERSION
+    return container.pack(header, sections, version)
 
 
 def _reached(volume: Volume, net: rate.Networks, corr: residual.Correction | None) -> float:
@@ -211,7 +229,7 @@ def _reached(volume: Volume, net: rate.Networks, corr: residual.Correction | Non
     if corr is None:
         return net.psnr
     lo, hi = volume.value_range
-    return psnr_from_mse(corr.sse / volume.data.size, hi - lo)
+    return psnr_from_mse(corr.sse / max(1, volume.n_valid), hi - lo)
 
 
 def compress(
@@ -229,13 +247,18 @@ def compress(
     max_error: float | None = None,
     rel_error: float | None = None,
     ratio: float | None = None,
+    memory_limit: int | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> bytes | Path:
     """Compress a field.
 
     Parameters
     ----------
     data : numpy.ndarray, str, Path, h5py.Dataset or netCDF4.Variable
-        The field (2-D to 4-D, time first), or a file holding it.
+        The field (2-D to 4-D, time first), or a file holding it. Missing values (the mask of
+        a ``numpy.ma.MaskedArray``, a ``_FillValue``/``missing_value``, NaN) are stored as a
+        lossless mask; PSNR and errors are over the valid values, which are all that is fitted.
     psnr : float, optional
         Target PSNR in dB over the whole field (default: ``config.psnr``, 40).
     config : Config, optional
@@ -260,6 +283,13 @@ def compress(
         The same bound as a fraction of the value range (max - min).
     ratio : float, optional
         Aim at this compression ratio (within 5 %) with the best PSNR reachable.
+    memory_limit : int, optional
+        Bytes one process may use: the field streams from its file in groups sized to fit
+        (``config.scale``; see docs/scale.md).
+    workers : int, optional
+        Fit the groups on a dask ``LocalCluster`` of this many processes (``sciinr[dask]``).
+    scheduler : str, optional
+        Fit the groups on the dask cluster at this address.
 
     Returns
     -------
@@ -284,11 +314,20 @@ def compress(
     bounds = {"max_error": max_error, "rel_error": rel_error, "ratio": ratio}
     if any(v is not None for v in bounds.values()):
         cfg = cfg.replace(**{f"bound.{k}": v for k, v in bounds.items()})
+    if memory_limit is not None:
+        cfg = cfg.replace(**{"scale.memory_limit": int(memory_limit)})
     if out is not None:
         write.refuse_same_file(data, Path(out))
         write.check_destination(Path(out), overwrite)
-    volume = read.read(data, var=var, time_dim=time_dim, dims=dims)
-    blob, _ = compress_volume(volume, cfg, progress=progress)
+    if cfg.scale.streaming or workers or scheduler is not None:  # out of core / on dask
+        from . import scale
+
+        blob, _ = scale.compress_source(
+            data, cfg, var=var, time_dim=time_dim, dims=dims, workers=workers, scheduler=scheduler
+        )
+    else:
+        volume = read.read(data, var=var, time_dim=time_dim, dims=dims)
+        blob, _ = compress_volume(volume, cfg, progress=progress)
     if out is None:
         return blob
     return write.write_bytes(Path(out), blob, overwrite=overwrite)
@@ -343,11 +382,36 @@ class SinrArray:
             except FormatError as exc:
                 raise FormatError(f"{self.source}: {exc}") from None
         self.max_error = self._residual.max_error if self._residual is not None else None
+        self._mask: mask.Mask | None = None  # fields with missing values
+        self._mask_bits: np.ndarray | None = None
+        if "mask" in h:
+            try:
+                self._mask = mask.Mask.from_header(h["mask"], self._sections, self._shape4)
+                what = f"a model and a mask of {math.prod(self._shape4)} values"
+                budget.check(self._model_bytes + self._mask.n_bytes, self.nbytes_file, what)
+            except FormatError as exc:
+                raise FormatError(f"{self.source}: {exc}") from None
+        self.fill_value = self._mask.fill_value if self._mask is not None else None
         self._device = device
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
+
+    @property
+    def masked(self) -> bool:
+        """True when the field has missing values: indexing returns ``numpy.ma.MaskedArray``."""
+        return self._mask is not None
+
+    def _valid(self, region: tuple[tuple[int, int], ...]) -> np.ndarray:
+        """(region) bool, True = valid, of a file with a mask."""
+        assert self._mask is not None
+        if self._mask_bits is None:
+            try:
+                self._mask_bits = self._mask.bits()
+            except FormatError as exc:
+                raise FormatError(f"{self.source}: {exc}") from None
+        return self._mask.region(self._mask_bits, region)
 
     @property
     def model(self) -> Model:
@@ -395,6 +459,8 @@ class SinrArray:
         n = budget.n_values(tuple(region))
         need = budget.output_bytes(n, self.dtype.itemsize)
         need += self._model_bytes if self._model is None else 0
+        if self._mask is not None:  # the packed bits, then a bool and an index per value
+            need += (self._mask.n_bytes if self._mask_bits is None else 0) + 16 * n
         avail = budget.available_memory()
         too_big = InputError(
             f"{self.source}: decoding {n} values (about {need / 1e9:.1f} GB with temporaries) "
@@ -413,8 +479,14 @@ class SinrArray:
                 )
                 internal = self._residual.apply(prediction, tuple(region))
             finite = bool(np.isfinite(internal).all())
+            if self._mask is not None:
+                internal = mask.apply(internal, self._valid(tuple(region)), self.fill_value)
             sub = internal.reshape([region[a][1] - region[a][0] for a in self._axes()])
-            out = np.ascontiguousarray(sub[tuple(post)]).astype(self.dtype, copy=False)
+            sub = sub[tuple(post)]
+            if isinstance(sub, np.ma.MaskedArray):
+                out = mask.contiguous(sub, self.dtype)
+            else:
+                out = np.ascontiguousarray(sub).astype(self.dtype, copy=False)
         except MemoryError:
             raise too_big from None
         if not finite:  # e.g. crafted parameters that overflow float32
@@ -637,6 +709,7 @@ def info(source: bytes | str | Path) -> dict[str, Any]:
         "psnr": arr.psnr,
         "target_psnr": (h.get("config") or {}).get("psnr"),
         "value_range": h.get("value_range"),
+        "missing_values": n_values - arr._mask.valid if arr._mask is not None else 0,
         "networks": arr.net.n_nets,
         "fitted_blocks": arr.net.n_blocks,
         "block": (h.get("model") or {}).get("block"),
@@ -671,6 +744,7 @@ def write_decoded(
         dims=dims if dims is not None else sinr.dims,
         attrs=sinr.attrs,
         overwrite=overwrite,
+        fill_value=sinr.fill_value,
     )
 
 
@@ -771,6 +845,7 @@ def verify(
     lo, hi = volume.value_range
     vr = hi - lo
     orig = volume.data.reshape(volume.orig_shape)
+    valid = None if volume.mask is None else volume.mask.reshape(volume.orig_shape)
     clock = _clock()
     if time is not None:
         if not arr.has_time:
@@ -778,13 +853,16 @@ def verify(
         if not -arr.shape[0] <= time < arr.shape[0]:
             raise InputError(f"time step {time} is out of range (the field has {arr.shape[0]})")
         decoded, ref, what = arr[time], orig[time], f"time step {time % arr.shape[0]}"
+        ref_valid = None if valid is None else valid[time]
     else:
         decoded, ref, what = arr[...], orig, "full field"
+        ref_valid = valid
     seconds = _clock() - clock
-    diff = ref.astype(np.float64) - decoded.astype(np.float64)
-    err = float(np.abs(diff).max()) if diff.size else 0.0
-    p = psnr_from_mse(float(np.mean(np.square(diff))), vr)
     failures: list[str] = []
+    err, sq, differ = _compare(ref, ref_valid, decoded)
+    if differ:
+        failures.append(f"mask differs from the original's at {differ} values ({what})")
+    p = psnr_from_mse(sq, vr)
     if arr.max_error is not None and err > arr.max_error:
         failures.append(f"max error {err:.6g} > guaranteed {arr.max_error:.6g} ({what})")
     if time is None and arr.psnr is not None and p < arr.psnr - 0.01:
@@ -793,7 +871,7 @@ def verify(
     if each_step and arr.has_time:
         worst = 0.0
         for t in range(arr.shape[0]):
-            e = float(np.abs(orig[t].astype(np.float64) - arr[t]).max())
+            e = _compare(orig[t], None if valid is None else valid[t], arr[t])[0]
             worst = max(worst, e)
             if arr.max_error is not None and e > arr.max_error:
                 failures.append(f"max error {e:.6g} > guaranteed {arr.max_error:.6g} (step {t})")
@@ -813,6 +891,27 @@ def verify(
         "checked": arr.max_error is not None or (time is None and arr.psnr is not None),
         "failures": failures,
     }
+
+
+def _compare(
+    ref: np.ndarray, ref_valid: np.ndarray | None, decoded: np.ndarray
+) -> tuple[float, float, int]:
+    """(max error, mean squared error, values whose mask differs), over the valid values."""
+    dec_valid = ~np.ma.getmaskarray(decoded) if np.ma.isMaskedArray(decoded) else None
+    differ = 0
+    if ref_valid is not None or dec_valid is not None:
+        a = np.ones(ref.shape, bool) if ref_valid is None else ref_valid
+        b = np.ones(ref.shape, bool) if dec_valid is None else dec_valid
+        differ = int(np.count_nonzero(a != b))
+        both = a & b
+    else:
+        both = None
+    diff = ref.astype(np.float64) - np.ma.getdata(decoded).astype(np.float64)
+    if both is not None:
+        diff = diff[both]
+    if not diff.size:
+        return 0.0, 0.0, differ
+    return float(np.abs(diff).max()), float(np.mean(np.square(diff))), differ
 
 
 def _clock() -> float:

@@ -117,8 +117,21 @@ def cmd_compress(args: argparse.Namespace) -> int:
     out = Path(args.output)
     _refuse_same_file(args.input, out)
     api.write.check_destination(out, args.overwrite)
-    volume = api.read.read(args.input, var=args.var, time_dim=args.time_dim)
-    blob, report = api.compress_volume(volume, cfg, progress=not args.quiet)
+    cfg = _scale_from_args(args, cfg)
+    if cfg.scale.streaming or args.workers is not None or args.scheduler is not None:
+        from . import scale
+
+        blob, report = scale.compress_source(
+            args.input,
+            cfg,
+            var=args.var,
+            time_dim=args.time_dim,
+            workers=args.workers,
+            scheduler=args.scheduler,
+        )
+    else:
+        volume = api.read.read(args.input, var=args.var, time_dim=args.time_dim)
+        blob, report = api.compress_volume(volume, cfg, progress=not args.quiet)
     api.write.write_bytes(out, blob, overwrite=args.overwrite)
     _print_report(report, out)
     return 0
@@ -250,18 +263,63 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_dask_flags(p: argparse.ArgumentParser, what: str) -> None:
+def _add_dask_flags(p: argparse.ArgumentParser, what: str, default: int | None = 1) -> None:
     group = p.add_argument_group("parallel (needs sciinr[dask])")
     group.add_argument(
         "--workers",
         type=_positive_int,
-        default=1,
+        default=default,
         metavar="N",
-        help=f"{what} on N workers (default: 1, no dask)",
+        help=f"{what} on N workers (a dask LocalCluster; default: no dask)"
+        if default is None
+        else f"{what} on N threads (default: {default}, no dask)",
     )
     group.add_argument(
         "--scheduler", metavar="ADDRESS", help=f"{what} on the dask cluster at ADDRESS"
     )
+
+
+def _add_scale_flags(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("fields larger than memory (docs/scale.md)")
+    group.add_argument(
+        "--memory-limit",
+        type=_byte_size,
+        metavar="SIZE",
+        help="memory one process may use, e.g. 1GB or 512MB: the field streams from its file "
+        "in groups sized to fit (default: none, the field is read whole)",
+    )
+    group.add_argument(
+        "--group-values",
+        type=_positive_int,
+        metavar="N",
+        help="values per independent group (default: what the memory limit allows, or 2**24 "
+        "on workers)",
+    )
+
+
+def _scale_from_args(args: argparse.Namespace, cfg: Config) -> Config:
+    changes = {
+        f"scale.{k}": getattr(args, k)
+        for k in ("memory_limit", "group_values")
+        if getattr(args, k, None) is not None
+    }
+    return cfg.replace(**changes) if changes else cfg
+
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _byte_size(text: str) -> int:
+    """``"1GB"``, ``"512M"``, ``"1.5GiB"``, ``"1000000"`` -> bytes (K, M, G, T are powers of 2)."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1:] if t[-1:] in _UNITS and t[-1:] else ""
+    try:
+        n = float(t[: len(t) - len(unit)] if unit else t)
+    except ValueError:
+        n = -1.0
+    if not n > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 1GB, 512MB)")
+    return int(n * _UNITS[unit])
 
 
 def _positive_int(text: str) -> int:
@@ -305,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     _add_config_flags(p)
     _add_bound_flags(p)
+    _add_scale_flags(p)
+    _add_dask_flags(p, "fit the groups", default=None)
     common(p)
     p.set_defaults(func=cmd_compress)
 

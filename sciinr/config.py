@@ -268,6 +268,43 @@ class BoundConfig:
 
 
 @dataclass(frozen=True)
+class ScaleConfig:
+    """Fields larger than memory, and compression spread over workers (see docs/scale.md).
+
+    With the defaults the field is read whole and fitted in one piece. With a memory limit
+    (or on dask workers) the field streams from its file: one pass gathers block statistics,
+    then independent *groups* (boxes of whole blocks, time windows where they fit) are read,
+    clustered, fitted and pruned alone; their networks share one codebook per tensor.
+    """
+
+    memory_limit: int | None = field(
+        default=None,
+        metadata={
+            "help": "bytes of memory one process may use (e.g. 1GB): the field streams from "
+            "its file in groups sized to fit; none: the field is read whole into memory"
+        },
+    )
+    group_values: int | None = field(
+        default=None,
+        metadata={
+            "help": "values per independent group (a box of whole blocks); none: as large "
+            "as the memory limit allows, or 2**24 on dask workers"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("memory_limit", "group_values"):
+            v = getattr(self, name)
+            _check(
+                v is None or (type(v) is int and v > 0), f"scale.{name} must be a positive integer"
+            )
+
+    @property
+    def streaming(self) -> bool:
+        return self.memory_limit is not None or self.group_values is not None
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything that decides how a field is compressed.
 
@@ -282,6 +319,8 @@ class Config:
         :class:`FitConfig`, :class:`ShrinkConfig`.
     bound : BoundConfig
         Error bound or ratio target, met by a residual layer (:class:`BoundConfig`).
+    scale : ScaleConfig
+        Memory limit and group size of out-of-core / distributed compression.
     """
 
     psnr: float = field(default=40.0, metadata={"help": "target PSNR in dB over the whole field"})
@@ -291,6 +330,7 @@ class Config:
     fit: FitConfig = field(default_factory=FitConfig)
     shrink: ShrinkConfig = field(default_factory=ShrinkConfig)
     bound: BoundConfig = field(default_factory=BoundConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
 
     def __post_init__(self) -> None:
         _check(10.0 <= self.psnr <= 140.0, f"psnr must be between 10 and 140 dB, got {self.psnr}")

@@ -7,11 +7,13 @@ import math
 import numpy as np
 
 
-def mse(original: np.ndarray, decoded: np.ndarray) -> float:
-    """Mean squared error over all values, accumulated in float64."""
+def mse(original: np.ndarray, decoded: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean squared error over all values (or the valid ones, ``mask`` True), in float64."""
     a = np.asarray(original, dtype=np.float64)
     b = np.asarray(decoded, dtype=np.float64)
-    return float(np.mean((a - b) ** 2))
+    if mask is not None:
+        a, b = a[mask], b[mask]
+    return float(np.mean((a - b) ** 2)) if a.size else 0.0
 
 
 def psnr_from_mse(mse_value: float, value_range: float) -> float:
@@ -23,11 +25,15 @@ def psnr_from_mse(mse_value: float, value_range: float) -> float:
     return 20 * math.log10(value_range) - 10 * math.log10(mse_value)
 
 
-def psnr(original: np.ndarray, decoded: np.ndarray) -> float:
-    """PSNR = 20 log10(max - min of the original) - 10 log10(MSE), over all values."""
+def psnr(original: np.ndarray, decoded: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """PSNR = 20 log10(max - min of the original) - 10 log10(MSE), over all values.
+
+    With ``mask`` (True = valid), range and MSE are those of the valid values only.
+    """
     orig = np.asarray(original)
-    vr = float(orig.max()) - float(orig.min())
-    return psnr_from_mse(mse(orig, decoded), vr)
+    vals = orig if mask is None else orig[mask]
+    vr = float(vals.max()) - float(vals.min()) if vals.size else 0.0
+    return psnr_from_mse(mse(orig, decoded, mask), vr)
 
 
 def rmse_for_psnr(target_db: float, value_range: float) -> float:

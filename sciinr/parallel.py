@@ -167,9 +167,11 @@ def decode(
 
 
 @contextlib.contextmanager
-def client(workers: int | None = None, scheduler: str | None = None) -> Iterator[Any]:
-    """A dask.distributed client: a ``LocalCluster`` of ``workers`` single-threaded processes,
-    or the cluster at ``scheduler``; closed on exit."""
+def client(
+    workers: int | None = None, scheduler: str | None = None, processes: bool = True
+) -> Iterator[Any]:
+    """A dask.distributed client: a ``LocalCluster`` of ``workers`` single-threaded workers
+    (processes, or threads of this process), or the cluster at ``scheduler``; closed on exit."""
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -181,8 +183,18 @@ def client(workers: int | None = None, scheduler: str | None = None) -> Iterator
     n = max(1, int(workers or 1))
     with (
         LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=None
         ) as cluster,
         Client(cluster) as c,
     ):
         yield c
+
+
+def mapper(c: Any) -> Any:
+    """A ``map(fn, *iterables) -> list`` that runs every call as a task on client ``c``."""
+
+    def run(fn: Any, *iterables: Any) -> list[Any]:
+        futures = c.map(fn, *[list(it) for it in iterables], pure=False)
+        return c.gather(futures)
+
+    return run

@@ -24,6 +24,12 @@ class Volume:
 
     ``orig_shape`` and ``dims`` keep the caller's layout: a static (z, y, x) field becomes
     ``(1, z, y, x)``, a (t, y, x) field ``(t, 1, y, x)``, a (y, x) field ``(1, 1, y, x)``.
+
+    ``mask`` (same shape as ``data``, True = valid) marks the voxels that hold data; None
+    means every voxel does. Under the mask ``data`` holds the mean of the valid values (a
+    finite, in-range filler): every stage must give masked voxels zero weight, and the value
+    range, PSNR and errors are those of the valid voxels only. ``fill_value`` is the
+    original's fill (``_FillValue``/``missing_value``), None for NaN or a masked array.
     """
 
     data: np.ndarray  # (T, Z, Y, X) float32, C-contiguous
@@ -34,6 +40,8 @@ class Volume:
     variable: str = "data"
     attrs: dict[str, Any] = field(default_factory=dict)
     source: str = "<array>"
+    mask: np.ndarray | None = None  # (T, Z, Y, X) bool, True = valid; None: all valid
+    fill_value: float | None = None  # the original's fill value, when it had one
 
     def __post_init__(self) -> None:
         if self.data.ndim != 4 or self.data.dtype != np.float32:
@@ -42,10 +50,28 @@ class Volume:
             raise ValueError("Volume.dims must name every axis of orig_shape")
         if int(np.prod(self.orig_shape)) != self.data.size:
             raise ValueError("Volume.orig_shape does not match data")
+        if self.mask is not None and (
+            self.mask.shape != self.data.shape or self.mask.dtype != np.bool_
+        ):
+            raise ValueError("Volume.mask must be a bool array of the shape of data")
+
+    @property
+    def n_valid(self) -> int:
+        """Number of voxels that hold data."""
+        return self.data.size if self.mask is None else int(np.count_nonzero(self.mask))
+
+    @property
+    def valid_values(self) -> np.ndarray:
+        """The values of the valid voxels (all of ``data`` when there is no mask)."""
+        return self.data if self.mask is None else self.data[self.mask]
 
     @property
     def value_range(self) -> tuple[float, float]:
-        return float(self.data.min()), float(self.data.max())
+        """(min, max) of the valid values; (0, 0) when no voxel is valid."""
+        vals = self.valid_values
+        if vals.size == 0:
+            return 0.0, 0.0
+        return float(vals.min()), float(vals.max())
 
 
 @dataclass(frozen=True)
@@ -83,7 +109,9 @@ class Blocks:
     """Output of ``partition``; input of ``cluster`` and ``fit``.
 
     All blocks have the same shape ``block``; edge blocks are padded by repeating the edge.
-    Block ``i`` covers grid cell ``np.unravel_index(i, grid)``.
+    Block ``i`` covers grid cell ``np.unravel_index(i, grid)``. ``mask`` (fitted blocks only,
+    edge-padded like ``values``) marks the voxels that hold data; None: all do. Masked
+    voxels of ``values`` hold the block's mean and must get zero weight.
     """
 
     block: tuple[int, int, int, int]  # (bt, bz, by, bx)
@@ -93,6 +121,8 @@ class Blocks:
     values: np.ndarray  # (n_fit, bt*bz*by*bx) float32 in [-1, 1], non-trivial blocks only
     shape4: tuple[int, int, int, int]  # the field's (T, Z, Y, X), before padding
     trivial_sse: float = 0.0  # squared error of the trivial blocks (original units, float64)
+    mask: np.ndarray | None = None  # (n_fit, voxels per block) bool, True = valid
+    n_valid: int | None = None  # valid voxels of the field (None: all of shape4)
 
     def __post_init__(self) -> None:
         n = int(np.prod(self.grid))
@@ -100,6 +130,13 @@ class Blocks:
             raise ValueError(f"Blocks: trivial and consts need {n} entries")
         if self.values.shape != (self.n_fit, int(np.prod(self.block))):
             raise ValueError("Blocks.values must be (n_fit, voxels per block)")
+        if self.mask is not None and self.mask.shape != self.values.shape:
+            raise ValueError("Blocks.mask must have the shape of Blocks.values")
+
+    @property
+    def n_values(self) -> int:
+        """Voxels the PSNR of the field averages over: the valid ones."""
+        return int(np.prod(self.shape4)) if self.n_valid is None else self.n_valid
 
     @property
     def n_blocks(self) -> int:

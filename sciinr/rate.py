@@ -125,7 +125,7 @@ def choose(volume: Volume, cfg: Config, networks: NetworkStage, file_size: FileS
                 tried.append({"split": split, "network_bytes": net.n_bytes, "smallest": smallest})
                 continue
         res_bytes = corr.n_bytes if corr is not None else 0
-        p = psnr_from_mse(corr.sse / volume.data.size, vr) if corr else net.psnr
+        p = psnr_from_mse(corr.sse / max(1, volume.n_valid), vr) if corr else net.psnr
         tried.append(
             {
                 "split": split,
@@ -202,18 +202,34 @@ def network_config(
     )
 
 
-def step_for_psnr(original: np.ndarray, prediction: np.ndarray, target: float, vr: float) -> float:
-    """Largest residual step whose reconstruction reaches ``target`` dB (bisection, log scale)."""
-    goal = original.size * vr**2 * 10 ** (-(target + 0.01) / 10)
+def step_for_psnr(
+    original: np.ndarray,
+    prediction: np.ndarray,
+    target: float,
+    vr: float,
+    valid: np.ndarray | None = None,
+) -> float:
+    """Largest residual step whose reconstruction reaches ``target`` dB (bisection, log scale).
+
+    With ``valid`` (True = holds data) the PSNR is that of the valid voxels.
+    """
+    n = original.size if valid is None else int(np.count_nonzero(valid))
+    goal = n * vr**2 * 10 ** (-(target + 0.01) / 10)
     lo_s = rmse_for_psnr(target, vr) * 1e-2  # reaches the target (error ~ step / sqrt(12))
-    hi_s = 2.0 * float(np.abs(original - prediction).max()) + lo_s  # all zeros: falls short
+    hi_s = 2.0 * _max_abs_diff(original, prediction, valid) + lo_s  # all zeros: falls short
     for _ in range(STEP_ITERATIONS):
         mid = math.sqrt(lo_s * hi_s)
-        if residual.squared_error(original, prediction, mid) <= goal:
+        if residual.squared_error(original, prediction, mid, valid) <= goal:
             lo_s = mid
         else:
             hi_s = mid
     return lo_s
+
+
+def _max_abs_diff(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None) -> float:
+    """max |a - b| over the valid voxels (0 when there are none)."""
+    d = np.abs(a - b) if valid is None else np.abs(a[valid] - b[valid])
+    return float(d.max()) if d.size else 0.0
 
 
 def step_for_ratio(
@@ -279,16 +295,17 @@ def _correct(
         cand.margin,
         step=step,
         verify=verify,
+        valid=volume.mask,
     )
 
 
 def _topup(volume: Volume, cfg: Config, cand: _Candidate) -> residual.Correction:
     """The coarsest residual that lifts the networks' file to the PSNR target."""
     lo, hi = volume.value_range
-    step = step_for_psnr(volume.data, cand.prediction, cfg.psnr, hi - lo)
+    step = step_for_psnr(volume.data, cand.prediction, cfg.psnr, hi - lo, volume.mask)
     corr = _correct(volume, cand, step=step)
     for _ in range(TOPUP_TRIES):  # chunks coded by interpolation may err a little more
-        if psnr_from_mse(corr.sse / volume.data.size, hi - lo) >= cfg.psnr:
+        if psnr_from_mse(corr.sse / max(1, volume.n_valid), hi - lo) >= cfg.psnr:
             break
         step *= TOPUP_TIGHTEN
         corr = _correct(volume, cand, step=step)
@@ -315,7 +332,7 @@ def _for_ratio(
             sizes[step] = size(_correct(volume, cand, step=step, verify=False))
         return sizes[step]
 
-    coarse = 2.0 * float(np.abs(volume.data - cand.prediction).max()) + (hi - lo) * 2**-20
+    coarse = 2.0 * _max_abs_diff(volume.data, cand.prediction, volume.mask) + (hi - lo) * 2**-20
     fine = max(hi - lo, float(np.abs(volume.data).max()) * 2**-20) * 2**-22
     step = step_for_ratio(size_at, budget, fine, coarse)
     smallest = size_at(coarse)

@@ -8,7 +8,9 @@ silently). Regenerate the current version's files, and only those, with::
     SCIINR_REGEN=1 python -m pytest -q tests/test_golden.py
 
 Files of older versions are kept: a change of the format that stops them from decoding as
-recorded is caught here (see the compatibility rule in ``docs/format.md``).
+recorded is caught here (see the compatibility rule in ``docs/format.md``). The current
+version's file uses what that version added (2.0: a mask of missing values); the ``.npy``
+holds NaN where the decoded array is masked.
 """
 
 from __future__ import annotations
@@ -30,7 +32,17 @@ from .conftest import smooth_field
 GOLDEN = Path(__file__).resolve().parent / "golden"
 VERSION = f"{container.MAJOR}.{container.MINOR}"
 REGEN = os.environ.get("SCIINR_REGEN") == "1"
-INFO_KEYS = ("variable", "shape", "dims", "dtype", "format_version", "networks", "block", "attrs")
+INFO_KEYS = (
+    "variable",
+    "shape",
+    "dims",
+    "dtype",
+    "format_version",
+    "networks",
+    "block",
+    "attrs",
+    "missing_values",
+)
 
 
 def _golden_files() -> list[Path]:
@@ -39,9 +51,12 @@ def _golden_files() -> list[Path]:
 
 @pytest.mark.skipif(not REGEN, reason="set SCIINR_REGEN=1 to rewrite the golden files")
 def test_regenerate_current_version(tmp_path):
-    """A time-varying 4-D float32 field with a constant corner (trivial blocks) and attrs."""
+    """A time-varying 4-D float32 field with a constant corner (trivial blocks), attrs, and
+    missing values: a block-shaped "land" region and a few scattered NaN."""
     field = smooth_field(t=3, z=4, y=8, x=12, seed=3)
     field[:, :, :4, :6] = 11.5
+    field[:, :, 5:, 9:] = np.nan
+    field[1, 2, 3, 7] = field[2, 0, 6, 1] = np.nan
     src = tmp_path / "golden.h5"
     with h5py.File(src, "w") as fh:
         ds = fh.create_dataset("rho", data=field)
@@ -71,7 +86,8 @@ def test_regenerate_current_version(tmp_path):
     GOLDEN.mkdir(exist_ok=True)
     path = GOLDEN / f"v{VERSION}.sinr"
     path.write_bytes(blob)
-    np.save(path.with_suffix(".npy"), sciinr.decompress(blob, device="cpu"), allow_pickle=False)
+    decoded = np.ma.filled(sciinr.decompress(blob, device="cpu"), np.nan)
+    np.save(path.with_suffix(".npy"), decoded, allow_pickle=False)
     meta = {k: sciinr.info(blob)[k] for k in INFO_KEYS}
     path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
 
@@ -89,11 +105,14 @@ def test_golden_file_decodes_as_recorded(path):
     expected = np.load(path.with_suffix(".npy"), allow_pickle=False)
     recorded = json.loads(path.with_suffix(".json").read_text())
     meta = sciinr.info(path)
-    assert {k: meta[k] for k in INFO_KEYS} == recorded
+    assert {k: meta[k] for k in recorded} == recorded
     decoded = sciinr.decompress(path, device="cpu")
     assert decoded.dtype == expected.dtype
-    span = float(expected.max() - expected.min()) or 1.0
+    missing = np.isnan(expected)
+    assert np.ma.isMaskedArray(decoded) == bool(missing.any())
+    np.testing.assert_array_equal(np.ma.getmaskarray(decoded), missing)
+    span = float(np.nanmax(expected) - np.nanmin(expected)) or 1.0
     # CPUs may differ in the last bits of sin/matmul; a format change differs by far more
-    np.testing.assert_allclose(decoded, expected, rtol=0, atol=1e-5 * span)
-    step = sciinr.decompress(path, time=1, device="cpu")
+    np.testing.assert_allclose(np.ma.filled(decoded, np.nan), expected, rtol=0, atol=1e-5 * span)
+    step = np.ma.filled(sciinr.decompress(path, time=1, device="cpu"), np.nan)
     np.testing.assert_allclose(step, expected[1], rtol=0, atol=1e-5 * span)

@@ -28,7 +28,7 @@ def calls(monkeypatch):
         monkeypatch.setattr(module, name, counted)
 
     wrap(api, "encode_networks", "networks", lambda volume, cfg, **kw: cfg.psnr)
-    wrap(container, "pack", "pack", lambda header, sections: len(sections))
+    wrap(container, "pack", "pack", lambda header, sections, version=None: len(sections))
 
     def region_and_dtype(model, region=None, device="cpu", dtype=np.float32):
         n = model.shape4 if region is None else tuple(b - a for a, b in region)

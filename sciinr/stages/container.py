@@ -27,8 +27,9 @@ from typing import Any
 from ..errors import FormatError
 
 MAGIC = b"\x89SINR\r\n\x1a"
-MAJOR = 1
+MAJOR = 2  # the newest version this reader reads; a file is written with the oldest that holds it
 MINOR = 0
+BASE_VERSION = (1, 0)  # a field without a mask
 _PREFIX = struct.Struct("<8sHHI")
 PREFIX_SIZE = _PREFIX.size  # 16
 MAX_HEADER = 16 << 20  # bytes of JSON header
@@ -45,7 +46,9 @@ _OTHER_MAGICS = {
 }
 
 
-def _head(header: dict[str, Any], sections: dict[str, bytes]) -> bytes:
+def _head(
+    header: dict[str, Any], sections: dict[str, bytes], version: tuple[int, int] = BASE_VERSION
+) -> bytes:
     """The prefix and JSON header (with its section table) of a file of these sections."""
     table, offset = [], 0
     for name, data in sections.items():
@@ -60,12 +63,20 @@ def _head(header: dict[str, Any], sections: dict[str, bytes]) -> bytes:
     ).encode()
     if len(head) > MAX_HEADER:
         raise ValueError(f"header of {len(head)} bytes exceeds {MAX_HEADER}")
-    return _PREFIX.pack(MAGIC, MAJOR, MINOR, len(head)) + head
+    return _PREFIX.pack(MAGIC, *version, len(head)) + head
 
 
-def pack(header: dict[str, Any], sections: dict[str, bytes]) -> bytes:
-    """Serialize a header (JSON types) and named sections into one ``.sinr`` byte string."""
-    prefix = _head(header, sections)
+def pack(
+    header: dict[str, Any],
+    sections: dict[str, bytes],
+    version: tuple[int, int] = BASE_VERSION,
+) -> bytes:
+    """Serialize a header (JSON types) and named sections into one ``.sinr`` byte string.
+
+    ``version`` is the format version written: the oldest whose readers decode the file as
+    intended (``docs/format.md``, part 6).
+    """
+    prefix = _head(header, sections, version)
     return b"".join([prefix, struct.pack("<I", zlib.crc32(prefix)), *sections.values()])
 
 

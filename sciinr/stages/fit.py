@@ -78,7 +78,10 @@ class _Evaluator:
         self.values = torch.from_numpy(blocks.values).to(device)
         self.scale2 = torch.from_numpy(blocks.half_range[blocks.fit_ids] ** 2).to(device)
         valid = valid_mask(blocks.shape4, blocks.block, blocks.fit_ids)
-        partial = np.flatnonzero(~valid.all(axis=1))  # blocks that reach past the field
+        if blocks.mask is not None:  # masked voxels count in no error
+            valid &= blocks.mask
+        self.valid_all = valid if blocks.mask is not None else None
+        partial = np.flatnonzero(~valid.all(axis=1))  # blocks past the field, or masked
         self.valid_row = np.full(len(valid), -1)
         self.valid_row[partial] = np.arange(len(partial))
         self.valid = torch.from_numpy(valid[partial]).to(device)  # (n_partial, V) bool
@@ -140,10 +143,21 @@ class _Trainer:
         self.s = max(1, cfg.samples_per_net // per)  # samples per slot (block) per step
         self.slots = torch.from_numpy(assignment.slots).to(device)  # (N, P)
         self.slot_net = torch.arange(n_nets, device=device)[:, None].expand(n_nets, per)
-        slot_scale = evaluator.scale2[self.slots].sqrt().float()  # (N, P)
+        self.n_vox = blocks.values.shape[1]
+        self.table: torch.Tensor | None = None
+        scale2 = evaluator.scale2
+        if evaluator.valid_all is not None:
+            # samples are drawn among a block's valid voxels only; weighting each block by its
+            # valid fraction keeps the loss an estimate of the squared error over valid voxels
+            valid = evaluator.valid_all
+            count = valid.sum(axis=1)
+            order = np.argsort(~valid, axis=1, kind="stable").astype(np.int32)
+            self.table = torch.from_numpy(order.reshape(-1)).to(device)
+            self.count = torch.from_numpy(count.astype(np.int64)).to(device)
+            scale2 = scale2 * torch.from_numpy(count / self.n_vox).to(device)
+        slot_scale = scale2[self.slots].sqrt().float()  # (N, P)
         self.norm = float(slot_scale.square().mean().sqrt()) or 1.0
         self.weight = slot_scale / self.norm
-        self.n_vox = blocks.values.shape[1]
         self.values_flat = evaluator.values.reshape(-1)
         self.slot_base = self.slots * self.n_vox  # (N, P) offsets into values_flat
         self.chunk = max(1, CHUNK_SAMPLES // (per * self.s))  # networks per chunk
@@ -167,13 +181,21 @@ class _Trainer:
     def draw(self, nets: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """Random samples for ``nets``: coords (n, P, s, 4) and targets (n, P, s)."""
         base = self.slot_base[nets]
-        vidx = torch.randint(
-            0,
-            self.n_vox,
-            (base.shape[0], self.per, self.s),
-            generator=self.gen,
-            device=base.device,
-        )
+        if self.table is None:
+            vidx = torch.randint(
+                0,
+                self.n_vox,
+                (base.shape[0], self.per, self.s),
+                generator=self.gen,
+                device=base.device,
+            )
+        else:
+            count = self.count[self.slots[nets]][:, :, None]  # (n, P, 1)
+            u = torch.rand(
+                (base.shape[0], self.per, self.s), generator=self.gen, device=base.device
+            )
+            k = torch.minimum((u * count).long(), count - 1)
+            vidx = self.table.take(base[:, :, None] + k).long()
         target = self.values_flat.take(base[:, :, None] + vidx)
         coords = self.ev.coords.index_select(0, vidx.view(-1)).view(*vidx.shape, 4)
         return coords, target
@@ -305,7 +327,7 @@ def fit(
         Overrides ``cfg.max_steps``.
     """
     device = resolve_device(cfg.device)
-    n_values = int(np.prod(blocks.shape4))
+    n_values = max(1, blocks.n_values)  # valid voxels: masked ones count in no error
     n_fit = blocks.n_fit
     shape = net_shape(cfg, assignment.n_nets, n_fit)
     block_net = torch.from_numpy(assignment.block_net).to(device)

@@ -4,6 +4,11 @@ The (t, z, y, x) field is cut into equal blocks (the block size is clipped to th
 size; edge blocks are padded by repeating the last value). Each block is min-max normalized
 to [-1, 1]; a block whose half-range is within the tolerance is *trivial*: stored as its
 mid-value and never fitted.
+
+With a mask (``Volume.mask``) the block ranges are those of the valid voxels; masked voxels
+take their block's mean of valid values (so they sit inside the block's range and do not
+disturb clustering), are marked in ``Blocks.mask`` and count in no error. A block without a
+valid voxel is trivial.
 """
 
 from __future__ import annotations
@@ -52,13 +57,19 @@ def partition(volume: Volume, cfg: PartitionConfig, tolerance: float) -> Blocks:
     block = block_shape(volume.data.shape, cfg.block)
     grid = grid_shape(volume.data.shape, block)
     flat = to_blocks(volume.data, block)
-    raw_lo = flat.min(axis=1).astype(np.float64)
-    raw_hi = flat.max(axis=1).astype(np.float64)
+    fmask = None if volume.mask is None else to_blocks(volume.mask, block)
+    if fmask is None:
+        raw_lo = flat.min(axis=1).astype(np.float64)
+        raw_hi = flat.max(axis=1).astype(np.float64)
+    else:
+        flat, raw_lo, raw_hi = _masked_ranges(flat, fmask)
     trivial = (raw_hi - raw_lo) / 2 <= cfg.trivial_fraction * tolerance
     consts = quantize_constants(raw_lo, raw_hi, cfg.const_step * tolerance)
     lo, hi = consts.lo, consts.hi
     fit = flat[~trivial]
     valid = valid_mask(volume.data.shape, block, np.flatnonzero(trivial))
+    if fmask is not None:
+        valid &= fmask[trivial]
     mid = (lo[trivial, None].astype(np.float64) + hi[trivial, None]) / 2
     trivial_sse = float((((flat[trivial] - mid) ** 2) * valid).sum())
     lo_f = lo[~trivial, None].astype(np.float64)
@@ -72,7 +83,23 @@ def partition(volume: Volume, cfg: PartitionConfig, tolerance: float) -> Blocks:
         values=values,
         shape4=tuple(volume.data.shape),
         trivial_sse=trivial_sse,
+        mask=None if fmask is None else fmask[~trivial],
+        n_valid=None if fmask is None else volume.n_valid,
     )
+
+
+def _masked_ranges(
+    flat: np.ndarray, fmask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Blocks with masked voxels set to the block's mean of valid values, and valid lo/hi.
+
+    A block with no valid voxel keeps its values (the volume's filler) and gets lo = hi.
+    """
+    count = fmask.sum(axis=1)
+    total = np.where(fmask, flat, 0).sum(axis=1, dtype=np.float64)
+    mean = np.where(count > 0, total / np.maximum(count, 1), flat[:, 0]).astype(np.float32)
+    filled = np.where(fmask, flat, mean[:, None])
+    return filled, filled.min(axis=1).astype(np.float64), filled.max(axis=1).astype(np.float64)
 
 
 def quantize_constants(lo: np.ndarray, hi: np.ndarray, step: float) -> BlockConstants:

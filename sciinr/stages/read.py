@@ -1,8 +1,14 @@
 """Read stage: a file (HDF5, NetCDF, ``.npy``) or an array -> :class:`~sciinr.payloads.Volume`.
 
 Only the variable asked for is read. The time axis comes from the file's dimension names
-(or ``time_dim``); it must be the first axis. Values must be finite float32/float64
-(NetCDF variables packed as integers with ``scale_factor``/``add_offset`` are unpacked).
+(or ``time_dim``); it must be the first axis. Values must be float32/float64 (NetCDF
+variables packed as integers with ``scale_factor``/``add_offset`` are unpacked).
+
+Missing values become the volume's mask (stored losslessly, never fitted): the mask of a
+``numpy.ma.MaskedArray`` (what netCDF4 returns for a variable with ``_FillValue``,
+``missing_value`` or ``valid_range``), values equal to an HDF5 dataset's ``_FillValue`` or
+``missing_value`` attribute, and NaN. ±Inf is refused: it is neither a value nor a
+declared missing value.
 """
 
 from __future__ import annotations
@@ -90,7 +96,7 @@ def read(
     InputError
         Missing file, unreadable file, unknown variable, bad dtype/shape, or non-finite values.
     """
-    if isinstance(source, np.ndarray):
+    if isinstance(source, np.ndarray):  # a numpy.ma.MaskedArray included
         names = dims or _default_dims(source.ndim)
         return _to_volume(source, "<array>", "data", names, {}, time_dim, None)
     mod = type(source).__module__
@@ -215,7 +221,8 @@ def _from_h5_dataset(ds: Any, path: str, time_dim: str | None) -> Volume:
     _check_shape(tuple(ds.shape), path, name)
     try:
         labels = [d.label for d in ds.dims]
-        attrs = _clean_attrs(dict(ds.attrs))
+        raw_attrs = dict(ds.attrs)
+        attrs = _clean_attrs(raw_attrs)
     except (OSError, RuntimeError, KeyError) as exc:
         raise InputError(f"{path}: variable {name!r} cannot be read ({exc})") from None
     dims = tuple(lbl if lbl else f"dim{i}" for i, lbl in enumerate(labels))
@@ -223,7 +230,12 @@ def _from_h5_dataset(ds: Any, path: str, time_dim: str | None) -> Volume:
         arr = ds[()]
     except OSError as exc:
         raise InputError(f"{path}: variable {name!r} cannot be read ({exc})") from None
-    return _to_volume(arr, path, name, dims, attrs, time_dim, None)
+    fills = _fill_values(raw_attrs)
+    if fills:  # h5py does not mask: values equal to a declared fill are missing
+        missing = np.isin(arr, np.asarray(fills, arr.dtype))
+        arr = np.ma.MaskedArray(arr, mask=missing) if missing.any() else arr
+    fill = fills[0] if fills else None
+    return _to_volume(arr, path, name, dims, attrs, time_dim, None, fill)
 
 
 def _check_netcdf3_size(path: Path) -> None:
@@ -358,18 +370,28 @@ def _from_nc_variable(v: Any, path: str, time_dim: str | None) -> Volume:
             arr = v[...]
     except (OSError, RuntimeError) as exc:
         raise InputError(f"{path}: variable {name!r} cannot be read ({exc})") from None
-    if np.ma.isMaskedArray(arr):
-        n_masked = int(np.ma.count_masked(arr))
-        if n_masked:
-            raise InputError(
-                f"{path}: variable {name!r} has {n_masked} missing (fill) values; "
-                "fill them before compressing"
-            )
-        arr = np.asarray(arr.data)
+    fill = None
+    if not packed:  # a packed variable's fill is in packed units: NaN marks it on output
+        fills = _fill_values({k: v.getncattr(k) for k in v.ncattrs()})
+        fill = fills[0] if fills else None
     if packed:
         arr = arr.astype(np.float32) if arr.dtype != np.float64 else arr
         attrs["sciinr_unpacked_from"] = str(v.dtype)
-    return _to_volume(arr, path, name, tuple(v.dimensions), attrs, time_dim, time_hint)
+    return _to_volume(arr, path, name, tuple(v.dimensions), attrs, time_dim, time_hint, fill)
+
+
+def _fill_values(attrs: dict[str, Any]) -> list[float]:
+    """The finite numbers declared missing by ``_FillValue`` and ``missing_value``."""
+    out: list[float] = []
+    for key in ("_FillValue", "missing_value"):
+        if key not in attrs:
+            continue
+        try:
+            values = np.asarray(attrs[key], dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            continue
+        out += [float(x) for x in values if np.isfinite(x) and float(x) not in out]
+    return out
 
 
 def _check_dtype(dtype: Any, path: str, name: str) -> None:
@@ -405,6 +427,7 @@ def _to_volume(
     attrs: dict[str, Any],
     time_dim: str | None,
     time_hint: str | None,
+    fill_value: float | None = None,
 ) -> Volume:
     _check_dtype(arr.dtype, path, name)
     shape = tuple(int(s) for s in arr.shape)
@@ -419,18 +442,40 @@ def _to_volume(
         )
     t = shape[0] if has_time else 1
     full = (t, *((1,) * (3 - len(spatial))), *spatial)
-    src = np.asarray(arr)
+    valid = None
+    if np.ma.isMaskedArray(arr):
+        masked = np.ma.getmaskarray(arr)
+        valid = ~masked if masked.any() else None
+        src = np.asarray(arr.data)
+    else:
+        src = np.asarray(arr)
     finite = np.isfinite(src)
     if not finite.all():
-        bad = int(src.size - np.count_nonzero(finite))
-        raise InputError(
-            f"{path}: variable {name!r} has {bad} NaN/Inf values; sciinr needs "
-            "finite values (mask or fill them first)"
-        )
+        inf = np.isinf(src) if valid is None else np.isinf(src) & valid
+        n_inf = int(np.count_nonzero(inf))
+        if n_inf:
+            raise InputError(
+                f"{path}: variable {name!r} has {n_inf} infinite values; sciinr takes "
+                "finite values, and NaN or a mask for missing ones"
+            )
+        valid = finite if valid is None else valid & finite
     del finite
-    if src.dtype.itemsize == 8 and np.abs(src).max() > np.finfo(np.float32).max:
-        raise InputError(f"{path}: variable {name!r} exceeds the float32 range")
-    data = np.ascontiguousarray(src, dtype=np.float32).reshape(full)
+    n_valid = src.size if valid is None else int(np.count_nonzero(valid))
+    if src.dtype.itemsize == 8 and n_valid:
+        peak = np.abs(src).max() if valid is None else np.abs(src[valid]).max()
+        if peak > np.finfo(np.float32).max:
+            raise InputError(f"{path}: variable {name!r} exceeds the float32 range")
+    if valid is None:
+        data = np.ascontiguousarray(src, dtype=np.float32).reshape(full)
+        mask = None
+    else:
+        data = np.array(src, dtype=np.float32).reshape(full)
+        mask = np.ascontiguousarray(valid).reshape(full)
+        # a finite, in-range filler: partition refines it block by block, nothing fits it
+        data[~mask] = np.float32(data[mask].mean(dtype=np.float64)) if n_valid else 0.0
+        logger.info(
+            "%s:%s: %d of %d values missing (masked)", path, name, src.size - n_valid, src.size
+        )
     logger.info("read %s:%s shape=%s dims=%s time=%s", path, name, shape, dims, has_time)
     return Volume(
         data=data,
@@ -441,6 +486,8 @@ def _to_volume(
         variable=name,
         attrs=attrs,
         source=path,
+        mask=mask,
+        fill_value=fill_value if mask is not None else None,
     )
 
 

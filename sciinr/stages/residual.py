@@ -25,6 +25,8 @@ The rule (also in benchmarks/README.md, "Error bounds"):
    other way (within :func:`prediction_margin`), both roundings are checked.
 4. **Exact voxels.** Any voxel that fails 3 (or whose code clips) is stored exactly (its
    float32 value) and overrides the reconstruction. In practice there are none, or a few.
+5. **Missing values.** With a mask (``valid``) the bound holds at the valid voxels; the
+   residual of a masked voxel is coded as 0 and never checked, so it costs (almost) nothing.
 
 Coding. The residual is cut into chunks (the model's blocks; larger ones for a file without
 networks), each decodable alone, so a region decode reads only its chunks. Per chunk the
@@ -253,14 +255,25 @@ def interpolate(
     return out, rec
 
 
-def squared_error(original: np.ndarray, prediction: np.ndarray, step: float) -> float:
-    """Sum of squared errors (float64) of the reconstruction with this step (for searches)."""
+def squared_error(
+    original: np.ndarray,
+    prediction: np.ndarray,
+    step: float,
+    valid: np.ndarray | None = None,
+) -> float:
+    """Sum of squared errors (float64) of the reconstruction with this step (for searches).
+
+    With ``valid`` (True = holds data) only the valid voxels count.
+    """
     total = 0.0
     flat_o, flat_p = original.reshape(-1), prediction.reshape(-1)
+    flat_v = None if valid is None else valid.reshape(-1)
     n = 1 << 22
     for s in range(0, flat_o.size, n):
         o, p = flat_o[s : s + n], flat_p[s : s + n]
         d = o.astype(np.float64) - reconstruct(p, quantize(o - p, step), step)
+        if flat_v is not None:
+            d = d[flat_v[s : s + n]]
         total += float(d @ d)
     return total
 
@@ -313,8 +326,12 @@ def encode(
     *,
     step: float | None = None,
     verify: bool = True,
+    valid: np.ndarray | None = None,
 ) -> Correction:
     """Quantize, verify and code the residual of ``prediction`` so every voxel is within bounds.
+
+    With ``valid`` (True = the voxel holds data) the bound holds on the valid voxels; the
+    residual of a masked voxel is coded as zero (it costs nothing and is never exact).
 
     Parameters
     ----------
@@ -334,6 +351,8 @@ def encode(
         Quantizer step; default :func:`step_for`. A given step must not exceed ``2 E``.
     verify : bool, default: True
         Decode the coded bytes and check the bound at every voxel (off only for size probes).
+    valid : numpy.ndarray, optional
+        (T, Z, Y, X) bool mask of the voxels that hold data; default: all.
 
     Returns
     -------
@@ -341,7 +360,8 @@ def encode(
     """
     if not (max_error > 0 and math.isfinite(max_error)):
         raise ValueError(f"max_error must be positive and finite, got {max_error}")
-    peak = float(np.abs(original).max()) + max_error if original.size else max_error
+    vals = original if valid is None else original[valid]
+    peak = float(np.abs(vals).max()) + max_error if vals.size else max_error
     if step is None:
         step = step_for(max_error, peak)
     if not 0 < step <= 2 * max_error:
@@ -353,10 +373,14 @@ def encode(
     for sl in slices:
         o, p = original[sl], prediction[sl]
         r = o.astype(np.float64) - p
+        if valid is not None:  # masked voxels: residual zero, checked nowhere
+            r[~valid[sl]] = 0.0
         transform, codes, rhat, clipped = _choose(r, step)
         y = p + rhat
         out = y.astype(np.float32)
         bad = _unsafe(o, y, out, max_error, margin) | clipped
+        if valid is not None:
+            bad &= valid[sl]
         idx = np.flatnonzero(bad)
         if transform < len(TRANSFORMS) and idx.size:  # exact voxels: code 0 (cheapest)
             q = np.rint(rhat / step).astype(np.int64)
@@ -367,6 +391,8 @@ def encode(
         exact_val.append(o.reshape(-1)[idx].astype("<f4"))
         d = o.astype(np.float64) - out
         d.reshape(-1)[idx] = 0.0
+        if valid is not None:
+            d[~valid[sl]] = 0.0
         sse += float(np.square(d).sum())
     meta, sections = _code(q_chunks, exact_idx, exact_val, chunk)
     n_exact = int(sum(len(i) for i in exact_idx))
@@ -383,7 +409,7 @@ def encode(
     )
     corr = Correction(meta, sections, float(max_error), float(step), n_exact, sse)
     if verify:
-        _verify(original, prediction, corr)
+        _verify(original, prediction, corr, valid)
     return corr
 
 
@@ -403,12 +429,19 @@ def _unsafe(
     return bad
 
 
-def _verify(original: np.ndarray, prediction: np.ndarray, corr: Correction) -> None:
-    """Decode the coded bytes as a decoder would and check the bound at every voxel."""
+def _verify(
+    original: np.ndarray,
+    prediction: np.ndarray,
+    corr: Correction,
+    valid: np.ndarray | None = None,
+) -> None:
+    """Decode the coded bytes as a decoder would and check the bound at every (valid) voxel."""
     layer = Layer(corr.meta, corr.sections, original.shape)
     region = tuple((0, s) for s in original.shape)
     out = layer.apply(prediction, region)
     err = np.abs(original.astype(np.float64) - out)
+    if valid is not None:
+        err = err[valid]
     worst = float(err.max()) if err.size else 0.0
     if worst > corr.max_error:  # a bug, not bad input: keep the traceback
         raise AssertionError(

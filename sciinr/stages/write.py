@@ -172,8 +172,14 @@ def write_array(
     dims: tuple[str, ...] | None = None,
     attrs: dict[str, Any] | None = None,
     overwrite: bool = False,
+    fill_value: float | None = None,
 ) -> Path:
-    """Write a decoded array to ``.npy``, HDF5 (``.h5``) or NetCDF (``.nc``) with dims and attrs."""
+    """Write a decoded array to ``.npy``, HDF5 (``.h5``) or NetCDF (``.nc``) with dims and attrs.
+
+    A ``numpy.ma.MaskedArray`` is written with its masked values set to ``fill_value`` (NaN
+    when None), declared as the variable's ``_FillValue`` in HDF5 and NetCDF; ``.npy`` gets
+    NaN.
+    """
     path = Path(path)
     kind = _array_kind(path)
     dims = (
@@ -181,10 +187,14 @@ def write_array(
         if dims and len(dims) == array.ndim
         else tuple(f"dim{i}" for i in range(array.ndim))
     )
+    fill = None
+    if np.ma.isMaskedArray(array):
+        fill = np.asarray(np.nan if fill_value is None else fill_value, array.dtype)
+        array = np.ma.filled(array, np.nan if kind == "npy" else fill)
     writer: Callable[[Path], None] = {
         "npy": lambda p: _write_npy(p, array),
-        "hdf5": lambda p: _write_h5(p, array, variable, dims, attrs or {}),
-        "netcdf": lambda p: _write_nc(p, array, variable, dims, attrs or {}),
+        "hdf5": lambda p: _write_h5(p, array, variable, dims, attrs or {}, fill),
+        "netcdf": lambda p: _write_nc(p, array, variable, dims, attrs or {}, fill),
     }[kind]
     try:
         with atomic_path(path, overwrite) as tmp:
@@ -212,13 +222,20 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
 
 
 def _write_h5(
-    path: Path, array: np.ndarray, variable: str, dims: tuple[str, ...], attrs: dict[str, Any]
+    path: Path,
+    array: np.ndarray,
+    variable: str,
+    dims: tuple[str, ...],
+    attrs: dict[str, Any],
+    fill: np.ndarray | None = None,
 ) -> None:
     import h5py
 
     name = "/".join(p for p in variable.split("/") if p not in ("", ".", "..")) or "data"
     with h5py.File(path, "w") as fh:
         ds = fh.create_dataset(name, data=array, compression="gzip", shuffle=True)
+        if fill is not None:
+            ds.attrs["_FillValue"] = fill
         for i, name in enumerate(dims):
             ds.dims[i].label = name
         for k, v in attrs.items():
@@ -229,14 +246,21 @@ def _write_h5(
 
 
 def _write_nc(
-    path: Path, array: np.ndarray, variable: str, dims: tuple[str, ...], attrs: dict[str, Any]
+    path: Path,
+    array: np.ndarray,
+    variable: str,
+    dims: tuple[str, ...],
+    attrs: dict[str, Any],
+    fill: np.ndarray | None = None,
 ) -> None:
     import netCDF4
 
     with netCDF4.Dataset(path, "w", format="NETCDF4") as ds:
         for name, size in zip(dims, array.shape, strict=True):
             ds.createDimension(name, size)
-        var = ds.createVariable(variable.replace("/", "_"), array.dtype, dims, zlib=True)
+        var = ds.createVariable(
+            variable.replace("/", "_"), array.dtype, dims, zlib=True, fill_value=fill
+        )
         for k, v in attrs.items():
             if k.startswith("_"):
                 continue

@@ -37,7 +37,7 @@ def net_errors(
     block_net: np.ndarray,
     device: torch.device,
 ) -> np.ndarray:
-    """Mean squared error (original units) of each network's blocks, ``(n_nets,)``."""
+    """Mean squared error (original units, valid voxels) of each network's blocks, ``(n_nets,)``."""
     params = {k: torch.from_numpy(v).to(device) for k, v in fitted_arrays.items()}
     latents = params.pop("latents")
     coords = local_coords(blocks.block, device=device)
@@ -50,7 +50,13 @@ def net_errors(
             ids = torch.arange(s, min(blocks.n_fit, s + chunk), device=device)
             pred = forward_blocks(params, latents, shape, bn[ids], ids, coords).clamp(-1, 1)
             target = torch.from_numpy(blocks.values[s : s + len(ids)]).to(device)
-            err = (pred - target).double().square().mean(dim=1).cpu().numpy()
+            err = (pred - target).double().square()
+            if blocks.mask is None:
+                err = err.mean(dim=1).cpu().numpy()
+            else:  # masked voxels count in no error
+                valid = torch.from_numpy(blocks.mask[s : s + len(ids)]).to(device)
+                err = (err * valid).sum(1) / valid.sum(1).clamp_min(1)
+                err = err.cpu().numpy()
             sse[s : s + len(ids)] = err * scale[s : s + len(ids)] ** 2
     return np.bincount(block_net, weights=sse, minlength=shape.n_nets) / np.maximum(
         np.bincount(block_net, minlength=shape.n_nets), 1
