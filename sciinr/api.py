@@ -22,7 +22,7 @@ from ._version import __version__
 from .config import Config
 from .errors import ConfigError, FormatError, InputError
 from .metrics import bits_per_value, psnr, psnr_from_mse, ratio, rmse_for_psnr
-from .nets import resolve_device
+from .nets import NetShape, resolve_device
 from .payloads import Model, Volume
 from .stages import (
     budget,
@@ -36,6 +36,7 @@ from .stages import (
     read,
     residual,
     shrink,
+    tucker,
     write,
 )
 
@@ -57,6 +58,7 @@ class Report:
     sections: dict[str, int] = field(default_factory=dict)
     max_error: float | None = None  # guaranteed at every voxel (residual layer), else None
     residual_bytes: int = 0  # bytes of the residual layer
+    base_ranks: tuple[int, ...] | None = None  # Tucker ranks of the whole-field base, if any
 
     @property
     def ratio(self) -> float:
@@ -80,10 +82,19 @@ def resolve_config(config: Config | None, psnr_db: float | None, device: str | N
 
 
 def build_header(
-    volume: Volume, cfg: Config, model_meta: dict[str, Any], reached: float
+    volume: Volume,
+    cfg: Config,
+    model_meta: dict[str, Any] | None,
+    reached: float,
+    base_meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON header of a ``.sinr`` file (without its section table)."""
+    """The JSON header of a ``.sinr`` file (without its section table).
+
+    ``model_meta`` describes the block networks, ``base_meta`` the whole-field base; a file
+    has one or the other.
+    """
     lo, hi = volume.value_range
+    parts = {"model": model_meta} if model_meta is not None else {"base": base_meta}
     return {
         "sciinr": __version__,
         "variable": volume.variable,
@@ -96,8 +107,69 @@ def build_header(
         "value_range": [lo, hi],
         "psnr": reached if math.isfinite(reached) else None,
         "config": config_record(cfg),
-        "model": model_meta,
+        **parts,
     }
+
+
+def uses_base(volume: Volume, cfg: Config) -> bool:
+    """Whether the whole-field base models this field (else the block networks do).
+
+    The base serves a PSNR target on a non-constant field whose axes it can decompose; a
+    constant field is stored exactly by the blocks, and bounds use their residual layer.
+    """
+    lo, hi = volume.value_range
+    return (
+        cfg.base.kind == "tucker"
+        and cfg.bound.target is None
+        and hi > lo
+        and max(volume.data.shape) <= tucker.MAX_MODE
+    )
+
+
+def encode_base(volume: Volume, cfg: Config) -> tuple[dict[str, Any], dict[str, bytes], float]:
+    """The base stage: fit -> encode the Tucker base; returns header entry, sections and
+    the PSNR of the field as a reader decodes it."""
+    lo, hi = volume.value_range
+    target_mse = rmse_for_psnr(cfg.psnr, hi - lo) ** 2
+    fitted = tucker.fit(
+        volume.data,
+        target_mse,
+        theta=cfg.base.theta,
+        tolerance_db=cfg.base.tolerance_db,
+        mask=volume.mask,
+    )
+    meta, sections = tucker.encode(fitted)
+    reached = psnr(volume.data, tucker.evaluate(fitted).astype(np.float32), volume.mask)
+    return meta, sections, reached
+
+
+def _compress_base(volume: Volume, cfg: Config, t0: float) -> tuple[bytes, Report]:
+    meta, sections, reached = encode_base(volume, cfg)
+    header, sections = _with_mask(
+        volume, build_header(volume, cfg, None, reached, base_meta=meta), sections
+    )
+    blob = pack(header, sections)
+    report = Report(
+        n_values=volume.data.size,
+        n_bytes=len(blob),
+        psnr=reached,
+        seconds=time.perf_counter() - t0,
+        n_nets=0,
+        n_blocks=0,
+        n_trivial=0,
+        fit_steps=0,
+        sections={k: len(v) for k, v in sections.items()},
+        base_ranks=tuple(meta["ranks"]),
+    )
+    logger.info(
+        "compressed %s with a Tucker base of ranks %s: ratio %.1f, PSNR %.2f dB, %.1f s",
+        volume.variable,
+        report.base_ranks,
+        report.ratio,
+        reached,
+        report.seconds,
+    )
+    return blob, report
 
 
 def encode_networks(volume: Volume, cfg: Config, progress: bool = False) -> rate.Networks:
@@ -142,6 +214,8 @@ def compress_volume(volume: Volume, cfg: Config, progress: bool = False) -> tupl
     the blocks then modelling ``volume.data - prediction``.
     """
     t0 = time.perf_counter()
+    if uses_base(volume, cfg):
+        return _compress_base(volume, cfg, t0)
 
     def networks(c: Config) -> rate.Networks:
         return encode_networks(volume, c, progress=progress)
@@ -220,7 +294,9 @@ def _with_mask(
 
 def pack(header: dict[str, Any], sections: dict[str, bytes]) -> bytes:
     """The ``.sinr`` bytes, in the oldest format version that holds them."""
-    version = mask.VERSION if "mask" in header else container.BASE_VERSION
+    # the mask and the whole-field base both came with format 2.0
+    newer = "mask" in header or "base" in header
+    version = mask.VERSION if newer else container.BASE_VERSION
     return container.pack(header, sections, version)
 
 
@@ -355,16 +431,24 @@ class SinrArray:
         self.format_version = container.version_of(data)
         h = self.header
         container.check_field_header(h, self.source)
-        try:
-            self._shape4, block, self.net = encode.validate_meta(h["model"])
-            n_blocks = math.prod(-(-s // b) for s, b in zip(self._shape4, block, strict=True))
-            budget.check_model(n_blocks, self.net, self.nbytes_file)
-        except FormatError as exc:
-            raise FormatError(f"{self.source}: {exc}") from None
-        self._model_bytes = budget.model_bytes(n_blocks, self.net)
         self.shape: tuple[int, ...] = tuple(h["shape"])
         self.dims: tuple[str, ...] = tuple(h["dims"])
         self.has_time: bool = h["has_time"]
+        self.net: NetShape | None = None
+        self._base: tucker.TuckerBase | None = None
+        try:
+            if "model" in h:
+                self._shape4, block, self.net = encode.validate_meta(h["model"])
+                n_blocks = math.prod(-(-s // b) for s, b in zip(self._shape4, block, strict=True))
+                budget.check_model(n_blocks, self.net, self.nbytes_file)
+                self._model_bytes = budget.model_bytes(n_blocks, self.net)
+            else:
+                self._shape4 = _shape4_of(self.shape, self.has_time)
+                self._model_bytes = tucker.check(
+                    h["base"], self._sections, self._shape4, self.nbytes_file
+                )
+        except FormatError as exc:
+            raise FormatError(f"{self.source}: {exc}") from None
         self.dtype = np.dtype(h["dtype"])
         if tuple(self._shape4) != _shape4_of(self.shape, self.has_time):
             raise FormatError(
@@ -397,6 +481,18 @@ class SinrArray:
     @property
     def ndim(self) -> int:
         return len(self.shape)
+
+    @property
+    def base(self) -> tucker.TuckerBase:
+        """The whole-field base of a file that has one (decoded once)."""
+        if self._base is None:
+            try:
+                self._base = tucker.decode(
+                    self.header["base"], self._sections, self._shape4, self.nbytes_file
+                )
+            except FormatError as exc:
+                raise FormatError(f"{self.source}: {exc}") from None
+        return self._base
 
     @property
     def masked(self) -> bool:
@@ -458,7 +554,7 @@ class SinrArray:
         # the memory check comes before the model exists: its arrays count too
         n = budget.n_values(tuple(region))
         need = budget.output_bytes(n, self.dtype.itemsize)
-        need += self._model_bytes if self._model is None else 0
+        need += self._model_bytes if self._model is None and self._base is None else 0
         if self._mask is not None:  # the packed bits, then a bool and an index per value
             need += (self._mask.n_bytes if self._mask_bits is None else 0) + 16 * n
         avail = budget.available_memory()
@@ -469,13 +565,16 @@ class SinrArray:
         )
         if need > avail:
             raise too_big
+        device = self._resolve_device()  # a bad device is an error for every kind of file
         try:
-            model = self.model
-            if self._residual is None:
-                internal = decode.decode(model, tuple(region), device=self._resolve_device())
+            if self.net is None:
+                internal = tucker.evaluate(self.base, tuple(region)).astype(np.float32)
+            elif self._residual is None:
+                model = self.model
+                internal = decode.decode(model, tuple(region), device=device)
             else:  # the float64 prediction the residual layer corrects
                 prediction = decode.decode(
-                    model, tuple(region), device=self._resolve_device(), dtype=np.float64
+                    self.model, tuple(region), device=device, dtype=np.float64
                 )
                 internal = self._residual.apply(prediction, tuple(region))
             finite = bool(np.isfinite(internal).all())
@@ -688,13 +787,6 @@ def info(source: bytes | str | Path) -> dict[str, Any]:
     arr = SinrArray(source)
     n_values = math.prod(arr.shape)
     h = arr.header
-    model_meta = h.get("model") or {}
-    n_params = arr.net.n_params() + arr.net.n_blocks * arr.net.latent_dim
-    net_bytes = sum(
-        len(v)
-        for k, v in arr._sections.items()
-        if k.startswith(("idx_", "latent")) or k in ("codebooks", "params")
-    )
     return {
         "source": arr.source,
         "variable": arr.variable,
@@ -710,9 +802,43 @@ def info(source: bytes | str | Path) -> dict[str, Any]:
         "target_psnr": (h.get("config") or {}).get("psnr"),
         "value_range": h.get("value_range"),
         "missing_values": n_values - arr._mask.valid if arr._mask is not None else 0,
+        **(_network_info(arr) if arr.net is not None else _base_info(arr)),
+        "sections": {k: len(v) for k, v in arr._sections.items()},
+        **_residual_info(h.get("residual"), arr),
+        "attrs": arr.attrs,
+    }
+
+
+def _base_info(arr: SinrArray) -> dict[str, Any]:
+    """``info()`` entries of a file whose field is a whole-field Tucker base."""
+    meta = arr.header["base"]
+    n_params = math.prod(meta["ranks"]) + sum(
+        s * r for s, r in zip(arr._shape4, meta["ranks"], strict=True) if s > 1
+    )
+    return {
+        "networks": 0,
+        "fitted_blocks": 0,
+        "block": None,
+        "base": {"kind": meta["kind"], "ranks": list(meta["ranks"]), "step": meta["step"]},
+        "parameters": n_params,
+        "bits_per_parameter": 8 * sum(len(arr._sections[k]) for k in tucker.SECTIONS) / n_params,
+    }
+
+
+def _network_info(arr: SinrArray) -> dict[str, Any]:
+    """``info()`` entries of a file whose field is block networks."""
+    assert arr.net is not None
+    model_meta = arr.header.get("model") or {}
+    n_params = arr.net.n_params() + arr.net.n_blocks * arr.net.latent_dim
+    net_bytes = sum(
+        len(v)
+        for k, v in arr._sections.items()
+        if k.startswith(("idx_", "latent")) or k in ("codebooks", "params")
+    )
+    return {
         "networks": arr.net.n_nets,
         "fitted_blocks": arr.net.n_blocks,
-        "block": (h.get("model") or {}).get("block"),
+        "block": model_meta.get("block"),
         "parameters": n_params,
         "parameter_encoding": model_meta.get("params_dtype"),
         "sparsity": model_meta.get("sparsity", 0.0),
@@ -723,9 +849,6 @@ def info(source: bytes | str | Path) -> dict[str, Any]:
             "latent_dim": arr.net.latent_dim,
             "omega0": arr.net.omega0,
         },
-        "sections": {k: len(v) for k, v in arr._sections.items()},
-        **_residual_info(h.get("residual"), arr),
-        "attrs": arr.attrs,
     }
 
 

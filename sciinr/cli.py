@@ -27,7 +27,7 @@ from .errors import SciinrError
 
 logger = logging.getLogger("sciinr")
 
-_SECTIONS = ("partition", "cluster", "fit", "shrink")
+_SECTIONS = ("base", "partition", "cluster", "fit", "shrink")
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -45,7 +45,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         group = p.add_argument_group(f"{section} options")
         for f in dataclasses.fields(getattr(defaults, section)):
             default = getattr(getattr(defaults, section), f.name)
-            flag = "--" + f.name.replace("_", "-")
+            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
             kind: Any = _int_list if isinstance(default, tuple) else type(default)
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             group.add_argument(
@@ -106,8 +106,14 @@ def _print_report(
         )
     if decoded_psnr is not None:
         print(f"{'PSNR check':<16}{decoded_psnr:.2f} dB (measured after decompression)")
-    print(f"{'networks':<16}{report.n_nets} ({report.n_blocks} blocks, {report.n_trivial} trivial)")
-    print(f"{'encode':<16}{report.seconds:.1f} s ({report.fit_steps} training steps)")
+    if report.base_ranks is not None:
+        ranks = " x ".join(map(str, report.base_ranks))
+        print(f"{'base':<16}Tucker, ranks {ranks} (t, z, y, x), no block networks")
+        print(f"{'encode':<16}{report.seconds:.1f} s")
+    else:
+        blocks = f"{report.n_blocks} blocks, {report.n_trivial} trivial"
+        print(f"{'networks':<16}{report.n_nets} ({blocks})")
+        print(f"{'encode':<16}{report.seconds:.1f} s ({report.fit_steps} training steps)")
     if seconds_decode is not None:
         print(f"{'decode':<16}{seconds_decode:.2f} s")
 

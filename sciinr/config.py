@@ -183,6 +183,41 @@ class ShrinkConfig:
 
 
 @dataclass(frozen=True)
+class BaseConfig:
+    """The whole-field base level (:mod:`sciinr.stages.tucker`), fitted before any block."""
+
+    kind: str = field(
+        default="tucker",
+        metadata={
+            "help": "tucker: a quantized Tucker (HOSVD) basis spanning the whole field, "
+            "time included; none: block networks only",
+            "flag": "--base",
+        },
+    )
+    theta: float = field(
+        default=0.15,
+        metadata={
+            "help": "dead zone of the base's core quantizer (0: plain rounding)",
+            "flag": "--base-theta",
+        },
+    )
+    tolerance_db: float = field(
+        default=0.1,
+        metadata={
+            "help": "the base's step search stops within this many dB above the target",
+            "flag": "--base-tolerance-db",
+        },
+    )
+
+    def __post_init__(self) -> None:
+        _check(
+            self.kind in ("tucker", "none"), f"base.kind must be tucker or none, got {self.kind!r}"
+        )
+        _check(0 <= self.theta < 0.5, "base.theta must be in [0, 0.5)")
+        _check(0.001 <= self.tolerance_db <= 3, "base.tolerance_db must be in [0.001, 3]")
+
+
+@dataclass(frozen=True)
 class BoundConfig:
     """Error bounds and rate control: a residual layer on top of the networks.
 
@@ -319,6 +354,8 @@ class Config:
         :class:`FitConfig`, :class:`ShrinkConfig`.
     bound : BoundConfig
         Error bound or ratio target, met by a residual layer (:class:`BoundConfig`).
+    base : BaseConfig
+        The whole-field base level (:class:`BaseConfig`).
     scale : ScaleConfig
         Memory limit and group size of out-of-core / distributed compression.
     """
@@ -330,6 +367,7 @@ class Config:
     fit: FitConfig = field(default_factory=FitConfig)
     shrink: ShrinkConfig = field(default_factory=ShrinkConfig)
     bound: BoundConfig = field(default_factory=BoundConfig)
+    base: BaseConfig = field(default_factory=BaseConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
 
     def __post_init__(self) -> None:

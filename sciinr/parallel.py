@@ -111,8 +111,14 @@ def _lazy(arr: Any, region: list[tuple[int, int]], chunks: Any) -> Any:
         asarray=False,
         fancy=False,
         name=name,
-        meta=np.empty((0,) * arr.ndim, arr.dtype),
+        meta=_meta(arr),
     )
+
+
+def _meta(arr: Any) -> np.ndarray:
+    """dask's prototype of a chunk: a masked array for a file with missing values."""
+    empty = np.empty((0,) * arr.ndim, arr.dtype)
+    return np.ma.MaskedArray(empty) if arr.masked else empty
 
 
 def to_dask(arr: Any, chunks: Any = None) -> Any:
@@ -160,10 +166,16 @@ def decode(
     lazy = _lazy(arr, region, chunks)
     if scheduler is not None:
         with client(scheduler=scheduler) as c:
-            out = np.asarray(c.compute(lazy).result())
+            out = c.compute(lazy).result()
     else:
-        out = np.asarray(lazy.compute(scheduler="threads", num_workers=max(1, int(workers))))
-    return np.ascontiguousarray(out[tuple(post)])
+        out = lazy.compute(scheduler="threads", num_workers=max(1, int(workers)))
+    if arr.masked:  # chunks are masked arrays: keep the mask and the file's fill value
+        from .stages import mask
+
+        out = np.ma.asanyarray(out)[tuple(post)]
+        valid = ~np.ma.getmaskarray(out)
+        return mask.contiguous(mask.apply(np.ma.getdata(out), valid, arr.fill_value), arr.dtype)
+    return np.ascontiguousarray(np.asarray(out)[tuple(post)])
 
 
 @contextlib.contextmanager

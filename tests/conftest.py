@@ -35,6 +35,7 @@ def field() -> np.ndarray:
 
 
 TINY = {
+    "base.kind": "none",  # these settings exercise the block networks
     "partition.block": (2, 8, 8, 8),
     "fit.width": 16,
     "fit.depth": 1,

@@ -351,7 +351,9 @@ def test_field_smaller_than_one_block(tmp_path, capsys):
     field = smooth_field(t=1, z=1, y=3, x=5)[0, 0]  # 3 x 5 values, default block 8x16x16x16
     src, out, back = tmp_path / "tiny.npy", tmp_path / "tiny.sinr", tmp_path / "back.npy"
     np.save(src, field)
-    assert main(["compress", str(src), "-o", str(out), "--psnr", "30", *FAST]) == 0
+    assert (
+        main(["compress", str(src), "-o", str(out), "--psnr", "30", "--base", "none", *FAST]) == 0
+    )
     assert main(["decompress", str(out), "-o", str(back), "-q"]) == 0
     assert psnr(field, np.load(back)) >= 30.0
     assert sciinr.info(out)["block"] == [1, 1, 3, 5]
@@ -361,7 +363,8 @@ def test_field_smaller_than_one_block(tmp_path, capsys):
 def test_huge_block_sizes_are_clipped(good, tmp_path, capsys):
     out = tmp_path / "big.sinr"
     argv = ["compress", str(good["h5"]), "--var", "rho", "-o", str(out), "--psnr", "20"]
-    assert main([*argv, "--block", "4096,4096,4096,4096", "--max-steps", "50", *FAST]) == 0
+    argv += ["--base", "none", "--block", "4096,4096,4096,4096", "--max-steps", "50"]
+    assert main([*argv, *FAST]) == 0
     meta = sciinr.info(out)
     assert meta["block"] == [2, 4, 8, 8]
     assert meta["fitted_blocks"] == 1

@@ -9,6 +9,8 @@ from sciinr.metrics import psnr
 from .conftest import smooth_field
 
 TINY = [
+    "--base",
+    "none",
     "--block",
     "2,8,8,8",
     "--width",
@@ -87,6 +89,20 @@ def test_info(sinr_file, capsys):
     out = capsys.readouterr().out
     for word in ("ratio", "psnr", "networks", "parameters", "sparsity", "theta"):
         assert word in out
+
+
+def test_info_of_a_base_file(tmp_path, capsys):
+    src, out = tmp_path / "f.npy", tmp_path / "f.sinr"
+    np.save(src, smooth_field())
+    assert main(["compress", str(src), "-o", str(out), "--psnr", "35", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    lines = dict(
+        line.split(None, 1) for line in capsys.readouterr().out.splitlines() if " " in line
+    )
+    assert lines["networks"].strip() == "0"
+    assert "'ranks'" in lines["base"]
+    assert float(lines["psnr"]) >= 35.0
 
 
 def _error_line(capsys):

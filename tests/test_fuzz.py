@@ -34,6 +34,7 @@ _PREFIX = struct.Struct("<8sHHI")
 def _tiny_config() -> sciinr.Config:
     return sciinr.Config(psnr=20.0).replace(
         **{
+            "base.kind": "none",
             "partition.block": (2, 4, 4, 4),
             "fit.width": 8,
             "fit.depth": 1,

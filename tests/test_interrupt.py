@@ -62,6 +62,8 @@ def test_interrupted_compress_leaves_no_output(tmp_path):
             str(out_dir / "out.sinr"),
             "--psnr",
             "140",  # unreachable: training only ends when stopped
+            "--base",
+            "none",
             "--block",
             "2,8,8,8",
             "--max-steps",

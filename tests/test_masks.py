@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import sciinr
-from sciinr import FormatError, InputError
+from sciinr import FormatError, InputError, scale
 from sciinr.cli import main
 from sciinr.metrics import psnr
 from sciinr.stages import cluster, container, fit, partition, read, residual
@@ -72,6 +72,29 @@ def test_masked_array_round_trip(kind):
     part = sciinr.decompress(blob, region=(1, slice(2, 7), slice(9, 16), slice(3, 14)))
     np.testing.assert_array_equal(np.ma.getmaskarray(part), missing[1, 2:7, 9:16, 3:14])
     np.testing.assert_allclose(part.data, out.data[1, 2:7, 9:16, 3:14], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("coding", mask_stage.CODINGS)
+@pytest.mark.parametrize("kind", ["random", "static land", "moving ice"])
+def test_mask_coding_round_trip(kind, coding):
+    """Both codings decode to the same mask, for any region."""
+    rng = np.random.default_rng(2)
+    shape4 = (5, 3, 13, 11)  # a slab of 143 bits: rows do not end on a byte
+    land = rng.random(shape4[2:]) < 0.3
+    static = np.broadcast_to(~land, shape4[1:])
+    valid = {
+        "random": rng.random(shape4) > 0.1,
+        "static land": np.broadcast_to(static, shape4).copy(),
+        "moving ice": np.stack([np.roll(static, t, 2) for t in range(5)]),
+    }[kind]
+    meta, data = mask_stage.encode(valid, 1e20, coding)
+    m = mask_stage.Mask.from_header(meta, {"mask": data}, shape4)
+    rows = m.bits()
+    np.testing.assert_array_equal(m.region(rows, tuple((0, s) for s in shape4)), valid)
+    sub = ((1, 4), (2, 3), (3, 12), (0, 7))
+    np.testing.assert_array_equal(m.region(rows, sub), valid[1:4, 2:3, 3:12, 0:7])
+    best = mask_stage.encode(valid, None)[1]
+    assert len(best) == min(len(mask_stage.encode(valid, None, c)[1]) for c in mask_stage.CODINGS)
 
 
 def test_land_mask_section_is_small():
@@ -290,7 +313,8 @@ def test_mask_bits_budget_is_fixed_by_the_shape():
     """A section claiming more bytes than the shape needs is refused before decompressing."""
     shape4 = (1, 1, 4, 5)
     big = mask_stage.encode(np.ones((1, 1, 40, 50), bool), None)[1]
-    m = mask_stage.Mask.from_header({"valid": 20, "fill_value": None}, {"mask": big}, shape4)
+    meta = {"valid": 20, "fill_value": None, "coding": "bits"}
+    m = mask_stage.Mask.from_header(meta, {"mask": big}, shape4)
     with pytest.raises(FormatError, match="corrupted section 'mask'"):
         m.bits()
 
@@ -306,3 +330,30 @@ def test_mask_bits_count_in_the_decode_budget():
 
     with pytest.raises(FormatError, match="a model and a mask of 1099511627776 values"):
         sciinr.open(_reseal(blob, huge))
+
+
+def test_parallel_decode_keeps_the_mask(tmp_path):
+    pytest.importorskip("dask")
+    from sciinr import parallel
+
+    field = _field()
+    missing = _masks()["land"]
+    sinr = tmp_path / "f.sinr"
+    sciinr.compress(np.ma.MaskedArray(field, mask=missing), config=tiny(25.0), out=sinr)
+    arr = sciinr.open(sinr, device="cpu")
+    out = parallel.decode(arr, (1, slice(2, 7)), workers=2)
+    np.testing.assert_array_equal(np.ma.getmaskarray(out), missing[1, 2:7])
+    np.testing.assert_allclose(out.data, arr[1, 2:7].data, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(np.ma.getmaskarray(arr.to_dask().compute()), missing)
+    nc = tmp_path / "o.nc"
+    assert main(["decompress", str(sinr), "-o", str(nc), "--workers", "2", "-q"]) == 0
+    with netCDF4.Dataset(nc) as ds:
+        np.testing.assert_array_equal(np.ma.getmaskarray(ds["data"][...]), missing)
+
+
+def test_streaming_compression_refuses_missing_values_clearly(tmp_path):
+    src = tmp_path / "f.npy"
+    np.save(src, np.where(_masks()["land"], np.nan, _field()).astype(np.float32))
+    cfg = tiny(25.0).replace(**{"scale.group_values": 2048})
+    with pytest.raises(InputError, match="NaN values, which out-of-core compression"):
+        scale.compress_source(src, cfg)

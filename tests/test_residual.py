@@ -17,6 +17,7 @@ CHUNK = (2, 4, 8, 8)
 
 def _fast(**changes) -> Config:
     base = {
+        "base.kind": "none",
         "partition.block": (2, 8, 8, 8),
         "fit.width": 16,
         "fit.depth": 1,

@@ -10,6 +10,8 @@ from sciinr.cli import main
 from .conftest import smooth_field
 
 FAST = [
+    "--base",
+    "none",
     "--block",
     "2,8,8,8",
     "--width",

@@ -280,8 +280,12 @@ def check_field_header(header: dict[str, Any], source: str = "<bytes>") -> None:
             raise bad(key)
     if not isinstance(header.get("config"), dict):
         raise bad("config")
-    if not isinstance(header.get("model"), dict):
+    if "model" in header and not isinstance(header["model"], dict):
         raise bad("model")
+    if "base" in header and not isinstance(header["base"], dict):
+        raise bad("base")
+    if "model" not in header and "base" not in header:
+        raise FormatError(f"{source}: corrupted header (neither 'model' nor 'base')")
 
 
 def _attr_value_ok(v: Any, depth: int) -> bool:

@@ -112,19 +112,23 @@ class Reader:
         if np.ma.isMaskedArray(arr):
             if np.ma.count_masked(arr):
                 raise InputError(
-                    f"{f.source}: variable {f.variable!r} has missing (fill) values; "
-                    "fill them before compressing"
+                    f"{f.source}: variable {f.variable!r} has missing (fill) values, which "
+                    f"{_NO_MASKS}"
                 )
             arr = np.asarray(arr.data)
         arr = np.asarray(arr)
         if not np.isfinite(arr).all():
-            raise InputError(
-                f"{f.source}: variable {f.variable!r} has NaN/Inf values; sciinr needs "
-                "finite values (mask or fill them first)"
-            )
+            what = "infinite values" if np.isinf(arr).any() else f"NaN values, which {_NO_MASKS}"
+            raise InputError(f"{f.source}: variable {f.variable!r} has {what}")
         if arr.dtype == np.float64 and arr.size and np.abs(arr).max() > np.finfo(np.float32).max:
             raise InputError(f"{f.source}: variable {f.variable!r} exceeds the float32 range")
         return np.ascontiguousarray(arr, dtype=np.float32).reshape([b - a for a, b in box])
+
+
+_NO_MASKS = (
+    "out-of-core compression (streaming, workers) cannot mask yet; compress it in memory "
+    "(without --memory-limit/--group-values/--workers/--scheduler) to keep them as a mask"
+)
 
 
 def open_field(
