@@ -109,6 +109,7 @@ def make_seeds() -> dict[str, bytes]:
             "fit.eval_every": 10,
             "fit.device": "cpu",
             "cluster.blocks_per_net": 2,
+            "base.kind": "none",  # block networks; the Tucker seed below sets it back
         }
         base.update(kw)
         return sciinr.Config(psnr=20.0).replace(**base)
@@ -126,6 +127,7 @@ def make_seeds() -> dict[str, bytes]:
             (wave[:, 0] * 1e3).astype(np.float64), dims=("time", "y", "x"), config=cfg()
         ),
     }
+    seeds["tucker_base"] = sciinr.compress(wave, config=cfg(**{"base.kind": "tucker"}))
     seeds["residual_only"] = sciinr.compress(
         wave, config=cfg(**{"bound.max_error": 0.05, "bound.split": (0,)})
     )

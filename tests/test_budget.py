@@ -156,6 +156,23 @@ def test_budget_estimate_bounds_the_measured_peak(shape4, net, kind):
     assert peak >= need / 8  # the estimate is an upper bound, not a wild one
 
 
+def test_budget_estimate_bounds_a_residual_index():
+    """2**18 residual chunks: opening holds no more than the estimate (index and offsets)."""
+    n = 1 << 18
+    index = crafted._zip(np.zeros(n, crafted._INDEX).tobytes())
+    blob = crafted.residual_file([1, 64, 64, 64], [1, 1, 1, 1], index)
+    need = budget.residual_bytes(n, 1)
+    assert need <= budget.allowance(len(blob))
+    tracemalloc.start()
+    try:
+        arr = sciinr.open(blob)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= need, (peak, need)
+    assert arr[0, 1, 2, 3] == arr[...][0, 1, 2, 3]
+
+
 def test_the_allowance_grows_with_the_file():
     net = crafted._net(1, 1, width=1024, depth=16)  # 16.8 M weights: ~400 MB to decode
     need = budget.model_bytes(1, net)
