@@ -12,8 +12,10 @@ process: for a LocalCluster, the largest of the driver and its workers):
     python benchmarks/scale.py --sizes 1 --modes single,workers2
     python benchmarks/scale.py --quick              # smoke test: a tiny crop, seconds
 
-Modes: ``single`` (the default in-memory pipeline), ``workers1`` / ``workers2`` (``--workers N``,
-a dask LocalCluster of N processes), ``limit`` (``--memory-limit``, serial, streamed). The PSNR
+Every run uses ``--base none`` (``--base``): the streamed pipeline fits block networks only, so
+the rows compare the same representation. Modes: ``single`` (the in-memory pipeline),
+``workers1`` / ``workers2`` (``--workers N``, a dask LocalCluster of N processes), ``limit``
+(``--memory-limit``, serial, streamed). The PSNR
 is the one the compressor measured over the whole decoded field (stored in the header); add
 ``--verify`` to check it with ``sciinr verify`` (decodes the whole field: memory!).
 
@@ -92,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit-sizes", default=None, help="sizes run in mode limit (default: largest)")
     p.add_argument("--psnr", type=float, default=40.0)
     p.add_argument(
+        "--base",
+        default="none",
+        help="--base of every run (default: none, block networks only, as the streamed "
+        "pipeline; tucker: the in-memory default)",
+    )
+    p.add_argument(
         "--extra", default="", help="more sciinr compress flags, e.g. '--max-seconds 600'"
     )
     p.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per run")
@@ -123,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 out = Path(tmp) / f"vf_x{k}_{mode}.sinr"
                 cmd = [sys.executable, "-m", "sciinr.cli", "compress", str(field), "-o", str(out)]
-                cmd += ["--psnr", str(args.psnr), "-q", *extra]
+                cmd += ["--psnr", str(args.psnr), "--base", args.base, "-q", *extra]
                 if mode.startswith("workers"):
                     cmd += ["--workers", mode.removeprefix("workers")]
                 elif mode == "limit":

@@ -127,18 +127,22 @@ def uses_base(volume: Volume, cfg: Config) -> bool:
 
 
 def encode_base(volume: Volume, cfg: Config) -> tuple[dict[str, Any], dict[str, bytes], float]:
-    """The base stage: fit -> encode the Tucker base; returns header entry, sections and
-    the PSNR of the field as a reader decodes it."""
+    """The base stage: fit -> encode the Tucker base (once per setting rate control asks
+    for, the smallest kept); returns header entry, sections and the PSNR of the field as a
+    reader decodes it."""
     lo, hi = volume.value_range
     target_mse = rmse_for_psnr(cfg.psnr, hi - lo) ** 2
-    fitted = tucker.fit(
-        volume.data,
-        target_mse,
-        theta=cfg.base.theta,
-        tolerance_db=cfg.base.tolerance_db,
-        mask=volume.mask,
-    )
-    meta, sections = tucker.encode(fitted)
+    best = None
+    for theta, tolerance in rate.base_settings(cfg):
+        fitted = tucker.fit(
+            volume.data, target_mse, theta=theta, tolerance_db=tolerance, mask=volume.mask
+        )
+        meta, sections = tucker.encode(fitted)
+        size = sum(map(len, sections.values()))
+        if best is None or size < best[0]:
+            best = (size, fitted, meta, sections)
+    assert best is not None
+    _, fitted, meta, sections = best
     reached = psnr(volume.data, tucker.evaluate(fitted).astype(np.float32), volume.mask)
     return meta, sections, reached
 
@@ -598,6 +602,60 @@ class SinrArray:
     def read(self) -> np.ndarray:
         """The whole field."""
         return self[...]
+
+    def _base_only(self, what: str) -> tucker.TuckerBase:
+        if self.net is not None or self._residual is not None:
+            raise InputError(
+                f"{self.source}: {what} needs a file whose field is a whole-field base "
+                "(this one is block networks or carries an error bound; decode its grid)"
+            )
+        return self.base
+
+    def sample(self, points: Any) -> np.ndarray:
+        """Values at arbitrary points: ``points`` is (P, ndim) float index coordinates in the
+        file's own axes (``arr.dims``), clamped to the grid.
+
+        The whole-field base is multilinear in its factors, so a point between voxels gets the
+        multilinear interpolation of the decoded voxels around it (exact at integer points).
+        In a file with missing values, a point takes the mask of its nearest voxel.
+        """
+        base = self._base_only("sampling between voxels")
+        pts = np.asarray(points, np.float64)
+        if pts.ndim != 2 or pts.shape[1] != self.ndim or not np.isfinite(pts).all():
+            raise InputError(
+                f"points must be a finite (P, {self.ndim}) array of index coordinates "
+                f"(axes {', '.join(self.dims)}); got shape {pts.shape}"
+            )
+        need = budget.output_bytes(len(pts) * 4, 8)
+        if need > budget.available_memory():
+            raise InputError(f"{self.source}: {len(pts)} points do not fit in memory")
+        internal = np.zeros((len(pts), 4))
+        internal[:, self._axes()] = pts
+        values = tucker.sample(base, internal).astype(self.dtype)
+        if self._mask is None:
+            return values
+        nearest = np.rint(np.clip(internal, 0, np.array(self._shape4) - 1)).astype(np.int64)
+        lo, hi = nearest.min(0), nearest.max(0) + 1
+        valid = self._valid(tuple(zip(lo.tolist(), hi.tolist(), strict=True)))
+        valid = valid[tuple((nearest - lo).T)]
+        return np.ma.MaskedArray(values, mask=~valid)
+
+    def resample(self, scale: int) -> np.ndarray:
+        """The field on a grid ``scale`` times finer along every axis longer than 1 (time
+        included): ``(n - 1) * scale + 1`` points spanning each axis, multilinearly interpolated
+        between the decoded voxels (the original voxels are exact). Files with missing values
+        are refused (the mask has no values between voxels)."""
+        base = self._base_only("a finer grid")
+        if not isinstance(scale, int) or isinstance(scale, bool) or not 1 <= scale <= 64:
+            raise InputError(f"scale must be an integer in 1..64, got {scale!r}")
+        if self._mask is not None:
+            raise InputError(f"{self.source}: a field with missing values cannot be refined")
+        coords = [np.linspace(0, n - 1, (n - 1) * scale + 1) for n in self._shape4]
+        n = math.prod(len(c) for c in coords)
+        if budget.output_bytes(n, self.dtype.itemsize) > budget.available_memory():
+            raise InputError(f"{self.source}: a grid of {n} values does not fit in memory")
+        out = tucker.evaluate_grid(base, coords).astype(self.dtype)
+        return out.reshape([len(coords[a]) for a in self._axes()])
 
     def to_dask(self, chunks: Any = None) -> Any:
         """A lazy :class:`dask.array.Array` of the field (needs ``sciinr[dask]``).

@@ -41,6 +41,12 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seed", type=int, default=None, help="seed of every random choice (default: 0)"
     )
+    p.add_argument(
+        "--effort",
+        choices=("fast", "default", "max"),
+        default=None,
+        help="how hard rate control searches for the smallest file (default: default)",
+    )
     for section in _SECTIONS:
         group = p.add_argument_group(f"{section} options")
         for f in dataclasses.fields(getattr(defaults, section)):
@@ -83,6 +89,8 @@ def _config_from_args(args: argparse.Namespace) -> Config:
         changes["psnr"] = args.psnr
     if args.seed is not None:
         changes["seed"] = args.seed
+    if args.effort is not None:
+        changes["effort"] = args.effort
     return _bound_from_args(args, Config().replace(**changes))
 
 
@@ -156,7 +164,11 @@ def cmd_decompress(args: argparse.Namespace) -> int:
         if args.region is not None:
             raise api.InputError("give --time or --region, not both (--region includes time)")
     t0 = time.perf_counter()
-    if args.workers > 1 or args.scheduler:
+    if args.scale != 1:
+        if args.region is not None or args.time is not None:
+            raise api.InputError("--scale decodes the whole field: give no --time or --region")
+        data = arr.resample(args.scale)
+    elif args.workers > 1 or args.scheduler:
         from . import parallel
 
         data = parallel.decode(arr, key, workers=args.workers, scheduler=args.scheduler)
@@ -383,6 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output: .npy, .h5 or .nc")
     p.add_argument("--time", help="only this time step (or range a:b)")
     p.add_argument("--region", help="index over all axes, e.g. '3,0:32,:,10:20'")
+    p.add_argument(
+        "--scale",
+        type=_positive_int,
+        default=1,
+        help="a grid this many times finer along every axis, time included (files with a "
+        "whole-field base: multilinear between voxels; default: 1)",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     _add_dask_flags(p, "decode")

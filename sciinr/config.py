@@ -362,6 +362,13 @@ class Config:
 
     psnr: float = field(default=40.0, metadata={"help": "target PSNR in dB over the whole field"})
     seed: int = field(default=0, metadata={"help": "seed of every random choice"})
+    effort: str = field(
+        default="default",
+        metadata={
+            "help": "fast | default | max: how hard rate control searches for the smallest "
+            "file (max also tries the base's dead zones 0.1..0.25 and keeps the smallest)"
+        },
+    )
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     fit: FitConfig = field(default_factory=FitConfig)
@@ -373,6 +380,10 @@ class Config:
     def __post_init__(self) -> None:
         _check(10.0 <= self.psnr <= 140.0, f"psnr must be between 10 and 140 dB, got {self.psnr}")
         _check(0 <= self.seed < 2**63, "seed must be a non-negative integer")
+        _check(
+            self.effort in ("fast", "default", "max"),
+            f"effort must be fast, default or max, got {self.effort!r}",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible nested dict (tuples become lists)."""

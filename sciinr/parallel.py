@@ -203,10 +203,20 @@ def client(
 
 
 def mapper(c: Any) -> Any:
-    """A ``map(fn, *iterables) -> list`` that runs every call as a task on client ``c``."""
+    """A ``map(fn, *iterables) -> list`` that runs every call as a task on client ``c``.
+
+    An argument that is the same object in every call is scattered to the workers once.
+    """
 
     def run(fn: Any, *iterables: Any) -> list[Any]:
-        futures = c.map(fn, *[list(it) for it in iterables], pure=False)
-        return c.gather(futures)
+        columns = []
+        for it in iterables:
+            items = list(it)
+            if len(items) > 1 and all(x is items[0] for x in items):
+                # one argument shared by every call (the model, the codebooks): sent once
+                shared = c.scatter([items[0]], broadcast=True, hash=False)[0]
+                items = [shared] * len(items)
+            columns.append(items)
+        return c.gather(c.map(fn, *columns, pure=False))
 
     return run

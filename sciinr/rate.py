@@ -35,6 +35,8 @@ from .stages import decode, residual
 
 logger = logging.getLogger(__name__)
 
+MAX_EFFORT_THETAS = (0.1, 0.15, 0.2, 0.25)  # dead zones the base tries at effort "max"
+FAST_TOLERANCE_DB = 0.3  # the base's landing tolerance at effort "fast"
 RATIO_TOLERANCE = 0.05  # a ratio target is met within this relative margin
 RATIO_AIM = 0.8  # the ratio search stops once inside this fraction of the tolerance
 RATIO_ITERATIONS = 16  # bisection steps of the ratio search
@@ -148,6 +150,17 @@ def choose(volume: Volume, cfg: Config, networks: NetworkStage, file_size: FileS
             f"tried has ratio {ratio(volume.data.size, smallest):.1f}"
         )
     return dataclasses.replace(best[1], tried=tuple(tried))
+
+
+def base_settings(cfg: Config) -> list[tuple[float, float]]:
+    """(dead zone, landing tolerance in dB) of each base fit the effort asks for; the pipeline
+    keeps the smallest file among them."""
+    if cfg.effort == "fast":
+        return [(cfg.base.theta, max(cfg.base.tolerance_db, FAST_TOLERANCE_DB))]
+    if cfg.effort == "max":
+        thetas = sorted({cfg.base.theta, *MAX_EFFORT_THETAS})
+        return [(t, cfg.base.tolerance_db) for t in thetas]
+    return [(cfg.base.theta, cfg.base.tolerance_db)]
 
 
 def max_error_of(cfg: Config, lo: float, hi: float) -> float | None:

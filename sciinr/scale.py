@@ -56,7 +56,10 @@ from .stages.shrink.quantize import SharedSiren, quantize_uniform, share
 logger = logging.getLogger(__name__)
 
 BASE_BYTES = 512 << 20  # resident before any data: interpreter, torch, scikit-learn, dask
-BYTES_PER_VALUE = 12  # a group task at its peak: box read (4) + its block copy (4) + values (4)
+# a group task at its peak, per value of its box: the voxels read (4), their block copy (4),
+# the normalized values (4) or the trivial blocks' float64 error (8), masks, allocator slack
+# (measured: 17 on vf_run01 with 2 groups under 800 MB)
+BYTES_PER_VALUE = 20
 SLAB_VALUES = 1 << 22  # values per slab of the streaming passes (16 MB of float32)
 DEFAULT_GROUP_VALUES = 1 << 24  # values per group on workers without a memory limit
 
@@ -111,8 +114,8 @@ class Job:
 
     def blocks(self):
         with self.field.reader(stream.cache_bytes(self.field)) as r:
-            data = r.read(self.voxels)
-        return stream.box_blocks(data, self.block, self.consts, self.trivial)
+            # passed on, not kept: box_blocks frees the voxels once they are cut into blocks
+            return stream.box_blocks(r.read(self.voxels), self.block, self.consts, self.trivial)
 
 
 @dataclass(frozen=True)
@@ -273,6 +276,11 @@ def compress_field(
             "error bounds and ratio targets need the field in memory: drop --memory-limit, "
             "--group-values and --workers, or the bound"
         )
+    if cfg.base.kind != "none":
+        # the whole-field base is fitted in memory; streamed, the block networks model the
+        # field (a streamed base would add its accumulators to the plan's pass)
+        logger.info("streamed compression: block networks only (no whole-field base)")
+        cfg = cfg.replace(**{"base.kind": "none"})
     t0 = time.perf_counter()
     distributed = map_fn is not None
     run = map_fn or serial_map

@@ -30,3 +30,11 @@ def test_uneven_count_and_seed_determinism():
     b = cluster.cluster(blocks, ClusterConfig(blocks_per_net=5), seed=3)
     np.testing.assert_array_equal(a.block_net, b.block_net)
     assert sorted(np.bincount(a.block_net))[0] >= 1
+
+
+def test_distances_are_chunked_without_changing_them(monkeypatch):
+    rng = np.random.default_rng(3)
+    feats, centres = rng.standard_normal((300, 64)), rng.standard_normal((75, 64))
+    want = ((feats[:, None, :] - centres[None, :, :]) ** 2).sum(-1)
+    monkeypatch.setattr(cluster, "DIST_CHUNK", 64 * 75 * 7)  # 7 rows at a time
+    np.testing.assert_array_equal(cluster._distances(feats, centres), want)

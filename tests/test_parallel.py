@@ -107,3 +107,16 @@ def test_cli_workers_must_be_positive(sinr_path, tmp_path, capsys):
         cli.main(["decompress", str(sinr_path), "-o", str(tmp_path / "x.npy"), "--workers", "0"])
     assert exc.value.code == 2
     assert "positive integer" in capsys.readouterr().err
+
+
+def test_to_dask_of_a_field_with_missing_values(tmp_path):
+    data = smooth_field(t=4, z=8, y=16, x=16)
+    data[1, :, 3:9, 2:5] = np.nan
+    path = tmp_path / "m.sinr"
+    sciinr.compress(data, config=tiny(), out=path)
+    arr = sciinr.open(path)
+    got = arr.to_dask().compute()
+    want = arr[...]
+    assert isinstance(got, np.ma.MaskedArray)
+    np.testing.assert_array_equal(np.ma.getmaskarray(got), np.isnan(data))
+    close(np.ma.filled(got, 0.0), np.ma.filled(want, 0.0))

@@ -165,5 +165,23 @@ def test_cli_compress_memory_limit(h5_path, tmp_path, capsys):
     assert cli.main(args) == 0
     assert "ratio" in capsys.readouterr().out
     assert sciinr.info(out)["shape"] == [6, 9, 16, 13]
+    # the whole-field base is fitted in memory only: the header says what was done
+    assert sciinr.open(out).header["config"]["base"] == {"kind": "none"}
     with pytest.raises(SystemExit):
         cli.main(["compress", str(h5_path), "-o", str(out), "--memory-limit", "lots"])
+
+
+def test_memory_limit_sets_the_group_size():
+    gib = 1 << 30
+    free = gib - scale.BASE_BYTES - stream.CACHE_MAX
+    assert scale.group_values(tiny(**{"scale.memory_limit": gib}), False) == free // 20
+    both = tiny(**{"scale.memory_limit": gib, "scale.group_values": 1000})
+    assert scale.group_values(both, True) == 1000
+    assert scale.group_values(tiny(), True) == scale.DEFAULT_GROUP_VALUES
+    fld = stream.open_field(smooth_field(t=64, z=16, y=16, x=16))
+    _, jobs = scale.plan(fld, tiny(**{"scale.group_values": 40 * 2 * 8 * 8 * 8}), True)
+    sizes = [math.prod(b - a for a, b in j.voxels) for j in jobs]
+    assert len(jobs) == 7  # 32 time rows of 8 blocks, at most 40 blocks (5 rows) per group
+    assert max(sizes) <= 40 * 2 * 8 * 8 * 8
+    assert sum(sizes) == 64 * 16**3
+    assert {j.cells[0][1] - j.cells[0][0] for j in jobs} == {4, 5}  # balanced time windows

@@ -150,3 +150,55 @@ def test_bad_meta_is_refused(key, value):
     meta, sections = _coded(x)
     with pytest.raises(FormatError):
         tucker.decode(dict(meta, **{key: value}), sections, x.shape)
+
+
+# ------------------------------------------------------------------ through the public API
+
+
+def test_open_sample_and_resample_a_base_file():
+    import sciinr
+
+    x = smooth_field(4, 8, 16, 16)
+    arr = sciinr.open(sciinr.compress(x, psnr=40))
+    full = arr[...]
+    pts = np.array([[1, 2, 3, 4], [1, 2, 3, 4.5], [0, 0, 0, 0]])
+    got = arr.sample(pts)
+    assert got[0] == pytest.approx(full[1, 2, 3, 4], abs=1e-5)
+    assert got[1] == pytest.approx((full[1, 2, 3, 4] + full[1, 2, 3, 5]) / 2, abs=1e-5)
+    fine = arr.resample(2)
+    assert fine.shape == (7, 15, 31, 31)
+    np.testing.assert_allclose(fine[::2, ::2, ::2, ::2], full, atol=1e-5)
+    with pytest.raises(sciinr.InputError, match="points must be"):
+        arr.sample(np.zeros((3, 2)))
+
+
+def test_sampling_needs_a_base(tiny_config):
+    import sciinr
+
+    arr = sciinr.open(sciinr.compress(smooth_field(2, 8, 16, 16), config=tiny_config))
+    with pytest.raises(sciinr.InputError, match="whole-field base"):
+        arr.sample([[0, 0, 0, 0]])
+
+
+def test_cli_decompress_scale(tmp_path, capsys):
+    from sciinr.cli import main
+
+    src, out, fine = tmp_path / "f.npy", tmp_path / "f.sinr", tmp_path / "fine.npy"
+    np.save(src, smooth_field(4, 1, 16, 16))  # 2-D + time
+    assert main(["compress", str(src), "-o", str(out), "-q"]) == 0
+    assert main(["decompress", str(out), "-o", str(fine), "--scale", "3", "-q"]) == 0
+    assert np.load(fine).shape == (10, 1, 46, 46)
+    capsys.readouterr()
+
+
+def test_effort_max_is_never_larger():
+    import sciinr
+
+    x = smooth_field(4, 8, 16, 16)
+    sizes = {}
+    for effort in ("default", "max"):
+        blob = sciinr.compress(x, config=sciinr.Config(effort=effort))
+        sizes[effort] = sum(sciinr.info(blob)["sections"].values())  # the header says "max"
+    assert sizes["max"] <= sizes["default"]
+    with pytest.raises(sciinr.ConfigError, match="effort"):
+        sciinr.Config(effort="huge")

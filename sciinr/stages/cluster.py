@@ -47,7 +47,7 @@ def cluster(blocks: Blocks, cfg: ClusterConfig, seed: int = 0) -> Assignment:
 
         km = KMeans(n_clusters=k, n_init=3, random_state=seed % (2**32))
         centres = km.fit(feats).cluster_centers_
-    dist = ((feats[:, None, :] - centres[None, :, :]) ** 2).sum(-1)  # (n, k)
+    dist = _distances(feats, centres)  # (n, k)
     block_net = _balanced_assign(dist, per)
     slots = np.zeros((k, per), np.int64)
     for net in range(k):
@@ -55,6 +55,23 @@ def cluster(blocks: Blocks, cfg: ClusterConfig, seed: int = 0) -> Assignment:
         slots[net] = np.resize(members, per)  # repeats members to fill spare slots
     logger.info("clustered %d blocks into %d networks of %d", n, k, per)
     return Assignment(block_net=block_net, slots=slots)
+
+
+DIST_CHUNK = 1 << 21  # float64 differences held at once (16 MB)
+
+
+def _distances(feats: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Squared distances (n, k), a few rows at a time: the (rows, k, F) differences stay small.
+
+    Each entry is summed over the same contiguous features as in one pass, so the values do
+    not depend on the chunking.
+    """
+    n, k = feats.shape[0], centres.shape[0]
+    out = np.empty((n, k))
+    rows = max(1, DIST_CHUNK // max(1, k * feats.shape[1]))
+    for s in range(0, n, rows):
+        out[s : s + rows] = ((feats[s : s + rows, None, :] - centres[None, :, :]) ** 2).sum(-1)
+    return out
 
 
 def _balanced_assign(dist: np.ndarray, capacity: int) -> np.ndarray:

@@ -112,8 +112,11 @@ class _Evaluator:
                     err = siren_eval(sub, b, self.coords[v0:v1], self.work)
                     err = err.clamp_(-1.0, 1.0).sub_(self.values[start:stop, v0:v1]).square_()
                     rows = self.valid_row[start:stop]
-                    for k in np.flatnonzero(rows >= 0):
-                        err[k].mul_(self.valid[rows[k], v0:v1])
+                    ks = np.flatnonzero(rows >= 0)  # one indexed product, not one per block
+                    if ks.size:
+                        kt = torch.from_numpy(ks).to(err.device)
+                        rt = torch.from_numpy(rows[ks]).to(err.device)
+                        err[kt] *= self.valid[rt, v0:v1]
                     sse[start:stop] += err.sum(1, dtype=torch.float64)
         return sse * self.scale2
 

@@ -335,6 +335,22 @@ def evaluate(base: TuckerBase, region: tuple[tuple[int, int], ...] | None = None
     return _multiply(base.core(), mats) + base.mean
 
 
+def _interpolated_rows(f: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Rows of a factor matrix at float indices ``c`` (clamped), linearly interpolated."""
+    c = np.clip(np.asarray(c, np.float64), 0, f.shape[0] - 1)
+    i0 = np.floor(c).astype(np.int64)
+    i1 = np.minimum(i0 + 1, f.shape[0] - 1)
+    w = (c - i0)[:, None]
+    return f[i0] * (1 - w) + f[i1] * w
+
+
+def evaluate_grid(base: TuckerBase, coords: list[np.ndarray]) -> np.ndarray:
+    """Values on the grid of float index coordinates ``coords`` (one 1-D array per t, z, y, x
+    axis), float64: multilinear interpolation between the decoded voxels."""
+    mats = [_interpolated_rows(f, c) for f, c in zip(base.factors(), coords, strict=True)]
+    return _multiply(base.core(), mats) + base.mean
+
+
 def sample(base: TuckerBase, points: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """Values at float ``(t, z, y, x)`` index coordinates ``points`` (P, 4), clamped to the
     grid; factor rows are interpolated linearly, i.e. multilinear interpolation."""
@@ -346,13 +362,7 @@ def sample(base: TuckerBase, points: np.ndarray, chunk: int = 4096) -> np.ndarra
     out = np.empty(pts.shape[0])
     for s in range(0, pts.shape[0], chunk):
         p = pts[s : s + chunk]
-        rows = []
-        for n, f in enumerate(facs):
-            c = np.clip(p[:, n], 0, f.shape[0] - 1)
-            i0 = np.floor(c).astype(np.int64)
-            i1 = np.minimum(i0 + 1, f.shape[0] - 1)
-            w = (c - i0)[:, None]
-            rows.append(f[i0] * (1 - w) + f[i1] * w)
+        rows = [_interpolated_rows(f, p[:, n]) for n, f in enumerate(facs)]
         v = np.einsum("pa,abcd->pbcd", rows[0], core, optimize=True)
         v = np.einsum("pb,pbcd->pcd", rows[1], v, optimize=True)
         v = np.einsum("pc,pcd->pd", rows[2], v, optimize=True)
