@@ -60,7 +60,9 @@ import zstandard
 
 from ..errors import FormatError
 from ..payloads import Model
+from . import budget
 from .decode import touched
+from .entropy import unzip_exact
 
 logger = logging.getLogger(__name__)
 
@@ -621,13 +623,8 @@ def _categorical(table: np.ndarray):
 
 
 def _unzip(data: bytes, n_bytes: int, what: str) -> bytes:
-    try:
-        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=max(n_bytes, 1))
-    except zstandard.ZstdError:
-        raise FormatError(f"corrupted section {what!r} (zstd stream does not decode)") from None
-    if len(raw) != n_bytes:
-        raise FormatError(f"corrupted section {what!r} ({len(raw)} bytes, expected {n_bytes})")
-    return raw
+    # the declared content size is checked before zstandard allocates it
+    return unzip_exact(data, n_bytes, what)
 
 
 def _meta_int(meta: dict[str, Any], key: str, lo: int, hi: int) -> int:
@@ -655,6 +652,9 @@ class Layer:
         The file's sections (the ``residual_*`` ones are used).
     shape4 : tuple of 4 int
         The field's (T, Z, Y, X).
+    n_bytes : int, optional
+        Size of the file: the index and a decoded chunk must fit its decode budget
+        (:func:`~sciinr.stages.budget.check_residual`), checked before the index is read.
 
     Raises
     ------
@@ -662,7 +662,13 @@ class Layer:
         A header entry or section that is inconsistent with the field.
     """
 
-    def __init__(self, meta: Any, sections: dict[str, bytes], shape4: tuple[int, ...]):
+    def __init__(
+        self,
+        meta: Any,
+        sections: dict[str, bytes],
+        shape4: tuple[int, ...],
+        n_bytes: int | None = None,
+    ):
         if not isinstance(meta, dict):
             raise FormatError("corrupted header (residual entry is not a mapping)")
         if meta.get("version") != VERSION or meta.get("predict") != "float64":
@@ -693,10 +699,12 @@ class Layer:
         self.n_groups = _meta_int(meta, "groups", 1, MAX_GROUPS)
         self.alphabet = 2 * self.half + 2
         self.sections = sections
+        if n_bytes is not None:
+            budget.check_residual(n, self.chunk, n_bytes)
         idx = np.frombuffer(
             _unzip(sections["residual_index"], n * _INDEX.itemsize, "residual_index"), _INDEX
         )
-        per_chunk = np.array([math.prod(s.stop - s.start for s in sl) for sl in self._slices()])
+        per_chunk = self._voxels()
         if (
             np.any(idx["method"] > METHOD_ZSTD)
             or np.any(idx["group"] >= self.n_groups)
@@ -724,8 +732,24 @@ class Layer:
         self._escapes: np.ndarray | None = None
         self._exact: tuple[np.ndarray, np.ndarray] | None = None
 
-    def _slices(self) -> list[tuple[slice, ...]]:
-        return chunk_slices(self.shape4, self.chunk)
+    def _voxels(self) -> np.ndarray:
+        """Voxels of every chunk (C order), without a Python object per chunk."""
+        sizes = [
+            np.minimum(c, s - np.arange(g, dtype=np.int64) * c)
+            for s, c, g in zip(self.shape4, self.chunk, self.grid, strict=True)
+        ]
+        t, z, y, x = sizes
+        return (
+            t[:, None, None, None] * z[None, :, None, None] * y[None, None, :, None] * x
+        ).reshape(-1)
+
+    def _chunk_shape(self, c: int) -> tuple[int, ...]:
+        """In-field shape of chunk ``c`` (clipped at the field's edge)."""
+        cell = np.unravel_index(c, self.grid)
+        return tuple(
+            int(min(k, s - int(i) * k))
+            for i, k, s in zip(cell, self.chunk, self.shape4, strict=True)
+        )
 
     def _models(self) -> list[Any]:
         if self._tables is None:
@@ -800,10 +824,8 @@ class Layer:
         out = np.empty(prediction.shape, np.float32)
         if out.size == 0:
             return out
-        slices = self._slices()
         for c, local, dest in touched(self.chunk, self.grid, region):
-            sl = slices[c]
-            shape = tuple(s.stop - s.start for s in sl)
+            shape = self._chunk_shape(c)
             rhat = self.chunk_residual(c, shape)
             n_ex = int(self.index[c]["exact"])
             vals_full = None
