@@ -438,7 +438,12 @@ def tiles(arr, region: tuple[int, ...] | None = None) -> int:
 
 
 def network_macs(net, n_values: int) -> int:
-    """Multiply-adds of evaluating the networks at ``n_values`` voxels (an upper bound)."""
+    """Multiply-adds of evaluating the networks at ``n_values`` voxels (an upper bound).
+
+    A file whose field is a whole-field (Tucker) base has no networks: 0.
+    """
+    if net is None:
+        return 0
     w = net.width
     return n_values * w * (4 + net.latent_dim + w * net.depth + 2)
 
