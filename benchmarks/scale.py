@@ -100,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline; tucker: the in-memory default)",
     )
     p.add_argument(
-        "--extra", default="", help="more sciinr compress flags, e.g. '--max-seconds 600'"
+        "--extra",
+        default="--max-seconds 36000",
+        help="more sciinr compress flags (default: '--max-seconds 36000': fits stop at the "
+        "target, not at the time budget, which applies to each group of a streamed run)",
     )
     p.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per run")
     p.add_argument("--workdir", type=Path, default=None, help="where the fields go (default: tmp)")

@@ -6,6 +6,8 @@ Public surface::
     field = sciinr.decompress(blob)                    # -> numpy array
     arr = sciinr.open("field.sinr"); arr[3]            # lazy, decodes only what is indexed
     sciinr.info("field.sinr")                          # header, sizes, PSNR
+    sciinr.compress_dataset("in.nc", variables="all", out="ds.sinr")   # several variables
+    sciinr.to_sinr(xarray_dataset, "ds.sinr", psnr=40)  # xr.open_dataset("ds.sinr") reads it
 
 Every error raised on purpose derives from :class:`SciinrError`.
 """
@@ -21,6 +23,7 @@ from .config import (
     ScaleConfig,
     ShrinkConfig,
 )
+from .datafile import compress_dataset, decompress_dataset, open_dataset_file, to_sinr
 from .errors import ConfigError, FormatError, InputError, OutputError, SciinrError
 
 __all__ = [
@@ -40,7 +43,11 @@ __all__ = [
     "SinrArray",
     "__version__",
     "compress",
+    "compress_dataset",
     "decompress",
+    "decompress_dataset",
     "info",
     "open",
+    "open_dataset_file",
+    "to_sinr",
 ]

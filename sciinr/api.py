@@ -6,6 +6,7 @@ decompress: container -> encode (inverse) -> decode (only the blocks asked for)
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -28,6 +29,7 @@ from .stages import (
     budget,
     cluster,
     container,
+    dataset,
     decode,
     encode,
     fit,
@@ -58,6 +60,9 @@ class Report:
     sections: dict[str, int] = field(default_factory=dict)
     max_error: float | None = None  # guaranteed at every voxel (residual layer), else None
     residual_bytes: int = 0  # bytes of the residual layer
+    measured_max_error: float | None = None  # largest |original - decoded| seen, no guarantee
+    value_range: tuple[float, float] | None = None  # of the original
+    dims: tuple[tuple[str, int], ...] = ()  # name and size of each axis
     base_ranks: tuple[int, ...] | None = None  # Tucker ranks of the whole-field base, if any
 
     @property
@@ -94,6 +99,16 @@ def build_header(
     has one or the other.
     """
     lo, hi = volume.value_range
+    selected = {}
+    selection = getattr(volume, "selection", None)  # a streamed field has none
+    if selection is not None and volume.source_shape is not None:
+        selected = {
+            "selection": {
+                "source_shape": list(volume.source_shape),
+                "start": [a for a, _ in selection],
+                "stop": [b for _, b in selection],
+            }
+        }
     parts = {"model": model_meta} if model_meta is not None else {"base": base_meta}
     return {
         "sciinr": __version__,
@@ -108,6 +123,7 @@ def build_header(
         "psnr": reached if math.isfinite(reached) else None,
         "config": config_record(cfg),
         **parts,
+        **selected,
     }
 
 
@@ -126,10 +142,12 @@ def uses_base(volume: Volume, cfg: Config) -> bool:
     )
 
 
-def encode_base(volume: Volume, cfg: Config) -> tuple[dict[str, Any], dict[str, bytes], float]:
+def encode_base(
+    volume: Volume, cfg: Config
+) -> tuple[dict[str, Any], dict[str, bytes], float, float]:
     """The base stage: fit -> encode the Tucker base (once per setting rate control asks
-    for, the smallest kept); returns header entry, sections and the PSNR of the field as a
-    reader decodes it."""
+    for, the smallest kept); returns header entry, sections, the PSNR of the field as a
+    reader decodes it and its largest error (measured)."""
     lo, hi = volume.value_range
     target_mse = rmse_for_psnr(cfg.psnr, hi - lo) ** 2
     best = None
@@ -143,15 +161,18 @@ def encode_base(volume: Volume, cfg: Config) -> tuple[dict[str, Any], dict[str, 
             best = (size, fitted, meta, sections)
     assert best is not None
     _, fitted, meta, sections = best
-    reached = psnr(volume.data, tucker.evaluate(fitted).astype(np.float32), volume.mask)
-    return meta, sections, reached
+    decoded = tucker.evaluate(fitted).astype(np.float32)
+    reached = psnr(volume.data, decoded, volume.mask)
+    diff = np.abs(decoded.astype(np.float64) - volume.data)
+    worst = float(diff.max() if volume.mask is None else diff[volume.mask].max(initial=0.0))
+    return meta, sections, reached, worst
 
 
 def _compress_base(volume: Volume, cfg: Config, t0: float) -> tuple[bytes, Report]:
-    meta, sections, reached = encode_base(volume, cfg)
-    header, sections = _with_mask(
-        volume, build_header(volume, cfg, None, reached, base_meta=meta), sections
-    )
+    meta, sections, reached, worst = encode_base(volume, cfg)
+    header = build_header(volume, cfg, None, reached, base_meta=meta)
+    header["max_abs_error"] = worst  # measured, not guaranteed
+    header, sections = _with_mask(volume, header, sections)
     blob = pack(header, sections)
     report = Report(
         n_values=volume.data.size,
@@ -164,6 +185,9 @@ def _compress_base(volume: Volume, cfg: Config, t0: float) -> tuple[bytes, Repor
         fit_steps=0,
         sections={k: len(v) for k, v in sections.items()},
         base_ranks=tuple(meta["ranks"]),
+        measured_max_error=worst,
+        value_range=volume.value_range,
+        dims=tuple(zip(volume.dims, volume.orig_shape, strict=True)),
     )
     logger.info(
         "compressed %s with a Tucker base of ranks %s: ratio %.1f, PSNR %.2f dB, %.1f s",
@@ -192,7 +216,11 @@ def encode_networks(volume: Volume, cfg: Config, progress: bool = False) -> rate
     model = Model.from_fit(blocks, fitted, arrays=small.arrays)
     meta, sections = encode.encode_model(model, small)
     stored = encode.decode_model(meta, sections)
-    reached = psnr(volume.data, decode.decode(stored, device=cfg.fit.device), volume.mask)
+    decoded = decode.decode(stored, device=cfg.fit.device)
+    reached = psnr(volume.data, decoded, volume.mask)
+    diff = np.abs(decoded.astype(np.float64) - volume.data)
+    worst = float(diff.max() if volume.mask is None else diff[volume.mask].max(initial=0.0))
+    del decoded, diff
     header, all_sections = _with_mask(volume, build_header(volume, cfg, meta, reached), sections)
     return rate.Networks(
         config=cfg,
@@ -205,6 +233,7 @@ def encode_networks(volume: Volume, cfg: Config, progress: bool = False) -> rate
         n_blocks=blocks.n_blocks,
         n_trivial=int(blocks.trivial.sum()),
         fit_steps=fitted.steps,
+        max_abs_error=worst,
     )
 
 
@@ -243,6 +272,9 @@ def compress_volume(volume: Volume, cfg: Config, progress: bool = False) -> tupl
         sections={k: len(v) for k, v in sections.items()},
         max_error=corr.max_error if corr is not None else None,
         residual_bytes=corr.n_bytes if corr is not None else 0,
+        measured_max_error=net.max_abs_error if corr is None else None,
+        value_range=volume.value_range,
+        dims=tuple(zip(volume.dims, volume.orig_shape, strict=True)),
     )
     if corr is not None:
         logger.info(
@@ -273,6 +305,8 @@ def _file(
     """Header and sections of the file of these networks and residual layer."""
     header = build_header(volume, cfg, net.meta, _reached(volume, net, corr))
     if corr is None:
+        if net.max_abs_error is not None:  # measured, not guaranteed ("residual": a bound)
+            header["max_abs_error"] = net.max_abs_error
         return _with_mask(volume, header, net.sections)
     header["residual"] = {
         **corr.meta,
@@ -327,6 +361,8 @@ def compress(
     max_error: float | None = None,
     rel_error: float | None = None,
     ratio: float | None = None,
+    time: str | tuple[int | None, int | None] | None = None,
+    crop: str | tuple[tuple[int | None, int | None], ...] | None = None,
     memory_limit: int | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
@@ -363,6 +399,10 @@ def compress(
         The same bound as a fraction of the value range (max - min).
     ratio : float, optional
         Aim at this compression ratio (within 5 %) with the best PSNR reachable.
+    time : str or (int, int), optional
+        Compress only these time steps, ``"A:B"`` or ``(A, B)`` (the header records it).
+    crop : str or tuple of (int, int), optional
+        Compress only this box, ``"z0:z1,y0:y1,x0:x1"`` (one range per spatial axis).
     memory_limit : int, optional
         Bytes one process may use: the field streams from its file in groups sized to fit
         (``config.scale``; see docs/scale.md).
@@ -399,18 +439,35 @@ def compress(
     if out is not None:
         write.refuse_same_file(data, Path(out))
         write.check_destination(Path(out), overwrite)
+    select = make_select(time, crop)
     if cfg.scale.streaming or workers or scheduler is not None:  # out of core / on dask
         from . import scale
 
+        if select is not None:
+            raise ConfigError("time= and crop= are not supported with memory_limit or dask")
         blob, _ = scale.compress_source(
             data, cfg, var=var, time_dim=time_dim, dims=dims, workers=workers, scheduler=scheduler
         )
     else:
-        volume = read.read(data, var=var, time_dim=time_dim, dims=dims)
+        volume = read.read(data, var=var, time_dim=time_dim, dims=dims, select=select)
         blob, _ = compress_volume(volume, cfg, progress=progress)
     if out is None:
         return blob
     return write.write_bytes(Path(out), blob, overwrite=overwrite)
+
+
+def make_select(time: Any = None, crop: Any = None) -> read.Select | None:
+    """A :class:`~sciinr.stages.read.Select` from ``"A:B"`` / ``"z0:z1,y0:y1,x0:x1"`` or tuples."""
+    if time is None and crop is None:
+        return None
+    if isinstance(time, str):
+        time = read.parse_range(time)
+    if isinstance(crop, str):
+        crop = read.parse_crop(crop)
+    return read.Select(
+        time=tuple(time) if time is not None else None,
+        crop=tuple(tuple(c) for c in crop) if crop is not None else None,
+    )
 
 
 class SinrArray:
@@ -427,12 +484,26 @@ class SinrArray:
     >>> arr[3].shape                          # one time step, decoded alone  # doctest: +SKIP
     """
 
-    def __init__(self, source: bytes | str | Path, device: str = "auto"):
+    def __init__(
+        self, source: bytes | str | Path, device: str = "auto", variable: str | None = None
+    ):
         data, self.source = _read_source(source)
         self._bytes = data if self.source == "<bytes>" else None  # what dask tasks reopen
         self.header, self._sections = container.unpack(data, self.source)
         self.nbytes_file = len(data)
         self.format_version = container.version_of(data)
+        if dataset.is_dataset(self.header):  # one field of a dataset file
+            self.header, self._sections = dataset.select_field(
+                self.header, self._sections, variable, self.source
+            )
+            # this variable's share: its sections and its header entry
+            self.nbytes_file = sum(map(len, self._sections.values())) + len(
+                json.dumps(self.header, separators=(",", ":"))
+            )
+        elif variable is not None and variable != self.header.get("variable"):
+            raise InputError(
+                f"{self.source}: no variable {variable!r} (has: {self.header.get('variable')})"
+            )
         h = self.header
         container.check_field_header(h, self.source)
         self.shape: tuple[int, ...] = tuple(h["shape"])
@@ -789,8 +860,13 @@ def _shape4_of(shape: tuple[int, ...], has_time: bool) -> tuple[int, ...]:
     return (t, *((1,) * (3 - len(spatial))), *spatial)
 
 
-def open(source: bytes | str | Path, device: str = "auto") -> SinrArray:
+def open(
+    source: bytes | str | Path, device: str = "auto", variable: str | None = None
+) -> SinrArray:
     """Open a ``.sinr`` file (or bytes) lazily; index it to decode only what is asked for.
+
+    ``variable`` picks one compressed variable of a dataset file (several variables); it may
+    be left out when the file holds one.
 
     The whole header is verified (checksums, types, sizes) before this returns; the
     networks are decoded on the first index.
@@ -802,11 +878,16 @@ def open(source: bytes | str | Path, device: str = "auto") -> SinrArray:
     FormatError
         Not a .sinr file, truncated, corrupted, or from a newer format version.
     """
-    return SinrArray(source, device=device)
+    return SinrArray(source, device=device, variable=variable)
 
 
 def decompress(
-    source: bytes | str | Path, *, time: Any = None, region: Any = None, device: str = "auto"
+    source: bytes | str | Path,
+    *,
+    time: Any = None,
+    region: Any = None,
+    device: str = "auto",
+    variable: str | None = None,
 ) -> np.ndarray:
     """Decode a ``.sinr`` file or bytes to a NumPy array.
 
@@ -818,8 +899,10 @@ def decompress(
     region : tuple or str, optional
         Basic index over all axes (``(3, slice(0, 32), ...)`` or ``"3,0:32,:,:"``).
     device : {"auto", "cpu", "cuda"}, default: "auto"
+    variable : str, optional
+        The variable of a dataset file holding several.
     """
-    arr = SinrArray(source, device=device)
+    arr = SinrArray(source, device=device, variable=variable)
     if isinstance(region, str):
         region = parse_index(region)
     key: tuple[Any, ...] = (
@@ -836,8 +919,11 @@ def decompress(
     return arr[key if key else ...]
 
 
-def info(source: bytes | str | Path) -> dict[str, Any]:
+def info(source: bytes | str | Path, variable: str | None = None) -> dict[str, Any]:
     """Describe a ``.sinr`` file without decoding its values.
+
+    For a dataset file: ``variable`` picks one variable (its description as for a
+    single-field file); without it, the dataset's summary with one entry per variable.
 
     Raises
     ------
@@ -846,7 +932,14 @@ def info(source: bytes | str | Path) -> dict[str, Any]:
     FormatError
         Not a .sinr file, truncated, corrupted, or from a newer format version.
     """
-    arr = SinrArray(source)
+    if variable is None:
+        data, name = _read_source(source)
+        head, _ = container.unpack(data, name)
+        if dataset.is_dataset(head):
+            from .datafile import info as dataset_info
+
+            return dataset_info(data, name)
+    arr = SinrArray(source, variable=variable)
     n_values = math.prod(arr.shape)
     h = arr.header
     return {
@@ -866,6 +959,8 @@ def info(source: bytes | str | Path) -> dict[str, Any]:
         "missing_values": n_values - arr._mask.valid if arr._mask is not None else 0,
         **(_network_info(arr) if arr.net is not None else _base_info(arr)),
         "sections": {k: len(v) for k, v in arr._sections.items()},
+        "measured_max_error": h.get("max_abs_error"),
+        "selection": h.get("selection"),
         **_residual_info(h.get("residual"), arr),
         "attrs": arr.attrs,
     }

@@ -94,68 +94,170 @@ def _config_from_args(args: argparse.Namespace) -> Config:
     return _bound_from_args(args, Config().replace(**changes))
 
 
-def _print_report(
-    report: api.Report,
-    out: Path | None,
-    seconds_decode: float | None = None,
-    decoded_psnr: float | None = None,
-) -> None:
-    print(f"{'output':<16}{out}" if out else "", end="\n" if out else "")
-    print(
-        f"{'ratio':<16}{report.ratio:.1f}x  ({report.n_bytes} bytes for {report.n_values} values)"
+def _line(key: str, value: str) -> None:
+    print(f"{key:<14}{value}")
+
+
+def _dims_text(dims: Any) -> str:
+    """``time=12 z=25 y=125 x=125``."""
+    return " ".join(f"{name}={size}" for name, size in dims)
+
+
+def _error_text(err: float | None, vr: float | None, guaranteed: bool) -> str:
+    if err is None:
+        return "not recorded (no pointwise guarantee)"
+    rel = f" = {100 * err / vr:.3g} % of the range" if vr else ""
+    if guaranteed:
+        return f"{err:.4g}{rel} (guaranteed at every value)"
+    return f"{err:.4g}{rel} (measured; no pointwise guarantee)"
+
+
+def _print_report(report: api.Report, out: Path | None, name: str | None = None) -> None:
+    """One compressed field: ratio, PSNR, max error relative to the range, sizes."""
+    if name is not None:
+        _line("variable", name)
+    if report.dims:
+        _line("dims", _dims_text(report.dims))
+    _line(
+        "ratio",
+        f"{report.ratio:.1f}x  ({report.n_bytes:,} bytes for {report.n_values:,} values, "
+        f"{report.bits_per_value:.3f} bits/value)",
     )
-    print(f"{'bits/value':<16}{report.bits_per_value:.4f}")
-    print(f"{'PSNR':<16}{report.psnr:.2f} dB (stored)")
-    if report.max_error is not None:  # issue 7: residual layer
-        print(f"{'max error':<16}{report.max_error:.6g} (guaranteed at every value)")
-        print(
-            f"{'split':<16}{report.n_bytes - report.residual_bytes} bytes networks and header"
-            f" + {report.residual_bytes} bytes residual"
+    _line("PSNR", f"{report.psnr:.2f} dB")
+    vr = report.value_range[1] - report.value_range[0] if report.value_range else None
+    if report.max_error is not None:  # a residual layer bounds the error
+        _line("max error", _error_text(report.max_error, vr, True))
+        _line(
+            "split",
+            f"{report.n_bytes - report.residual_bytes:,} bytes networks and header"
+            f" + {report.residual_bytes:,} bytes residual",
         )
-    if decoded_psnr is not None:
-        print(f"{'PSNR check':<16}{decoded_psnr:.2f} dB (measured after decompression)")
+    else:
+        _line("max error", _error_text(report.measured_max_error, vr, False))
     if report.base_ranks is not None:
         ranks = " x ".join(map(str, report.base_ranks))
-        print(f"{'base':<16}Tucker, ranks {ranks} (t, z, y, x), no block networks")
-        print(f"{'encode':<16}{report.seconds:.1f} s")
+        _line("base", f"Tucker, ranks {ranks} (t, z, y, x), no block networks")
+        _line("encode", f"{report.seconds:.1f} s")
     else:
-        blocks = f"{report.n_blocks} blocks, {report.n_trivial} trivial"
-        print(f"{'networks':<16}{report.n_nets} ({blocks})")
-        print(f"{'encode':<16}{report.seconds:.1f} s ({report.fit_steps} training steps)")
-    if seconds_decode is not None:
-        print(f"{'decode':<16}{seconds_decode:.2f} s")
+        _line("networks", f"{report.n_nets} ({report.n_blocks} blocks, {report.n_trivial} trivial)")
+        _line("encode", f"{report.seconds:.1f} s ({report.fit_steps} training steps)")
+
+
+class _OnceList(argparse.Action):
+    """``--var u,v`` or ``--var all``; giving the option twice is a usage error."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option} given twice; list several as {option} a,b (or 'all')")
+        names = [v.strip() for v in str(values).split(",") if v.strip()]
+        if not names:
+            parser.error(f"{option} needs a name, a comma-separated list or 'all'")
+        setattr(namespace, self.dest, names)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Bars unless -q; with -vv the debug log reports progress line by line instead."""
+    return not args.quiet and args.verbose < 2
+
+
+def _is_netcdf(path: str) -> bool:
+    p = Path(path)
+    api.read.regular_file(p)  # never opens a FIFO or device (opening one may block)
+    try:
+        with open(p, "rb") as fh:
+            magic = fh.read(8)
+    except OSError:
+        return False
+    return magic.startswith(api.read.NETCDF3_MAGICS) or (
+        magic == api.read.HDF5_MAGIC and p.suffix.lower() in api.read.NETCDF_SUFFIXES
+    )
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
+    from . import datafile
+
     cfg = _config_from_args(args)
     out = Path(args.output)
     _refuse_same_file(args.input, out)
     api.write.check_destination(out, args.overwrite)
     cfg = _scale_from_args(args, cfg)
+    select = api.make_select(args.time, args.crop)
+    dims = tuple(d.strip() for d in args.dims.split(",")) if args.dims else None
+    names = args.var
+    if _is_netcdf(args.input):  # a dataset: the variables asked for, with their coordinates
+        blob, reports = datafile.compress_dataset_volumes(
+            args.input,
+            names,
+            cfg,
+            time_dim=args.time_dim,
+            select=select,
+            progress=_progress(args),
+        )
+        api.write.write_bytes(out, blob, overwrite=args.overwrite)
+        if not args.quiet:
+            _line("output", str(out))
+            for name, report in reports.items():
+                print()
+                _print_report(report, None, name=name)
+            if len(reports) > 1:
+                n_values = sum(r.n_values for r in reports.values())
+                print()
+                _line(
+                    "total",
+                    f"{n_values / len(blob):.1f}x  ({len(blob):,} bytes for {n_values:,} "
+                    "values, coordinates and attributes included)",
+                )
+        return 0
+    if names is not None and (len(names) > 1 or names == ["all"]):
+        raise api.ConfigError(
+            f"{args.input}: several variables (--var a,b or all) need a NetCDF input"
+        )
+    var = names[0] if names else None
     if cfg.scale.streaming or args.workers is not None or args.scheduler is not None:
         from . import scale
 
+        if select is not None:
+            raise api.ConfigError("--time/--crop are not supported with --memory-limit or dask")
         blob, report = scale.compress_source(
             args.input,
             cfg,
-            var=args.var,
+            var=var,
             time_dim=args.time_dim,
             workers=args.workers,
             scheduler=args.scheduler,
         )
+        name = var or Path(args.input).stem
     else:
-        volume = api.read.read(args.input, var=args.var, time_dim=args.time_dim)
-        blob, report = api.compress_volume(volume, cfg, progress=not args.quiet)
+        volume = api.read.read(
+            args.input, var=var, time_dim=args.time_dim, dims=dims, select=select
+        )
+        blob, report = api.compress_volume(volume, cfg, progress=_progress(args))
+        name = volume.variable
     api.write.write_bytes(out, blob, overwrite=args.overwrite)
-    _print_report(report, out)
+    if not args.quiet:
+        _line("output", str(out))
+        _print_report(report, out, name=name)
     return 0
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
+    from . import datafile
+
     out = Path(args.output)
     _refuse_same_file(args.input, out)
     api.write.check_array_destination(out, args.overwrite)
-    arr = api.open(args.input, device=args.device)
+    whole = args.var is None and args.time is None and args.region is None and args.scale == 1
+    if whole and out.suffix.lower() != ".npy" and _is_dataset_file(args.input):
+        t0 = time.perf_counter()
+        df = datafile.open_dataset_file(args.input, device=args.device)
+        df.write(out, overwrite=args.overwrite)
+        if not args.quiet:
+            print(
+                f"wrote {out} ({len(df.variables)} variables, {len(df.fields)} decoded) in "
+                f"{time.perf_counter() - t0:.2f} s"
+            )
+        return 0
+    arr = api.open(args.input, device=args.device, variable=args.var)
     key: Any = ...
     if args.region is not None:
         key = api.parse_index(args.region)
@@ -177,8 +279,15 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     dims = _kept_dims(arr, key)
     api.write_decoded(out, data, arr, dims=dims, overwrite=args.overwrite)
-    print(f"wrote {out} {data.shape} {data.dtype} in {seconds:.2f} s")
+    if not args.quiet:
+        print(f"wrote {out} {data.shape} {data.dtype} in {seconds:.2f} s")
     return 0
+
+
+def _is_dataset_file(path: str) -> bool:
+    data, name = api._read_source(path)
+    header, _ = api.container.unpack(data, name)
+    return api.dataset.is_dataset(header)
 
 
 def _kept_dims(arr: api.SinrArray, key: Any) -> tuple[str, ...]:
@@ -187,29 +296,94 @@ def _kept_dims(arr: api.SinrArray, key: Any) -> tuple[str, ...]:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    meta = api.info(args.input)
+    meta = api.info(args.input, variable=args.var)
     if args.json:
         print(json.dumps(meta, indent=2))
         return 0
-    for key, value in meta.items():
-        if key == "sections":
-            print("sections")
-            for name, size in value.items():
-                print(f"  {name:<14}{size:>12} bytes")
-        elif key != "attrs":
-            print(f"{key:<16}{value}")
+    if "variables" in meta:  # a dataset file
+        _line("source", str(meta["source"]))
+        _line("format", f"{meta['format_version']} (dataset, written by {meta['written_by']})")
+        _line("dims", _dims_text(meta["dims"].items()))
+        _line("bytes", f"{meta['bytes']:,}")
+        _line("ratio", f"{meta['ratio']:.1f}x  ({meta['bits_per_value']:.3f} bits/value)")
+        _line("lossless", ", ".join(meta["stored_losslessly"]) or "-")
+        for name in meta["variables"]:
+            print()
+            _print_field_info(api.info(args.input, variable=name))
+        return 0
+    _line("source", str(meta["source"]))
+    _line("format", f"{meta['format_version']} (written by {meta['written_by']})")
+    _print_field_info(meta)
+    print("sections")
+    for name, size in meta["sections"].items():
+        print(f"  {name:<16}{size:>10,} bytes")
     return 0
+
+
+def _print_field_info(meta: dict[str, Any]) -> None:
+    _line("variable", str(meta["variable"]))
+    _line("dims", _dims_text(zip(meta["dims"], meta["shape"], strict=True)) + f"  {meta['dtype']}")
+    _line(
+        "ratio",
+        f"{meta['ratio']:.1f}x  ({meta['bytes']:,} bytes, {meta['bits_per_value']:.3f} bits/value)",
+    )
+    psnr = meta["psnr"]
+    target = meta.get("target_psnr")
+    _line(
+        "PSNR",
+        ("exact" if psnr is None else f"{psnr:.2f} dB")
+        + (f" (target {target:g} dB)" if target is not None else ""),
+    )
+    vr = meta.get("value_range")
+    span = vr[1] - vr[0] if isinstance(vr, list) and len(vr) == 2 else None
+    if meta.get("max_error") is not None:
+        _line("max error", _error_text(meta["max_error"], span, True))
+    else:
+        _line("max error", _error_text(meta.get("measured_max_error"), span, False))
+    if vr is not None:
+        _line("range", f"{vr[0]:.6g} .. {vr[1]:.6g}")
+    if meta.get("base"):
+        b = meta["base"]
+        _line("base", f"{b['kind']}, ranks {' x '.join(map(str, b['ranks']))}, no block networks")
+        _line("parameters", f"{meta['parameters']:,} ({meta['bits_per_parameter']:.2f} bits each)")
+    else:
+        _line(
+            "networks",
+            f"{meta['networks']} ({meta['fitted_blocks']} fitted blocks of {meta['block']}), "
+            f"{meta['parameters']:,} parameters",
+        )
+        arch = meta["architecture"]
+        _line(
+            "architecture",
+            f"width {arch['width']}, depth {arch['depth']}, latent {arch['latent_dim']}, "
+            f"omega0 {arch['omega0']:g}",
+        )
+        _line(
+            "encoding",
+            f"{meta['parameter_encoding']}, sparsity {meta['sparsity']:.2f}, "
+            f"{meta['bits_per_parameter']:.2f} bits/parameter",
+        )
+    if meta.get("missing_values"):
+        _line("missing", f"{meta['missing_values']:,} values (stored as a mask)")
+    if meta.get("selection"):
+        sel = meta["selection"]
+        _line(
+            "selection",
+            " ".join(f"{a}:{b}" for a, b in zip(sel["start"], sel["stop"], strict=True))
+            + f" of {sel['source_shape']}",
+        )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(psnr_db=args.psnr, device=args.device, progress=not args.quiet)
+    return run_demo(psnr_db=args.psnr, device=args.device, progress=_progress(args))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run as bench_run
 
+    args.out_root = Path.cwd()  # results go to ./<dataset> unless -o is given
     command = bench_run.command_line("sciinr bench", args)
     progress = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     bench_run.run(args, command, echo=print, progress=progress)
@@ -258,7 +432,7 @@ def _bound_from_args(args: argparse.Namespace, cfg: Config) -> Config:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    arr = api.open(args.input, device=args.device)
+    arr = api.open(args.input, device=args.device, variable=args.var)
     time_dim = args.time_dim or (arr.dims[0] if arr.has_time else "none")
     volume = api.read.read(args.original, var=args.var or arr.variable, time_dim=time_dim)
     result = api.verify(volume, arr, time=args.time, each_step=args.each_step)
@@ -359,6 +533,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
+        allow_abbrev=False,
         prog="sciinr",
         description="Compress time-varying scientific fields with implicit neural representations.",
     )
@@ -370,14 +545,31 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, errors only")
 
     p = sub.add_parser(
-        "compress",
+        allow_abbrev=False,
+        name="compress",
         help="compress a field from HDF5, NetCDF or .npy to .sinr",
         description="Compress one variable of an HDF5/NetCDF/.npy file to .sinr.",
     )
     p.add_argument("input", help="HDF5, NetCDF or .npy file")
     p.add_argument("-o", "--output", required=True, help="the .sinr file to write")
-    p.add_argument("--var", help="variable (NetCDF) or dataset path (HDF5)")
+    p.add_argument(
+        "--var",
+        action=_OnceList,
+        metavar="NAME[,NAME]",
+        help="variable(s) (NetCDF) or dataset path (HDF5); a,b or 'all' for several (NetCDF)",
+    )
     p.add_argument("--time-dim", help="name of the time dimension, or 'none' for a static field")
+    p.add_argument("--time", metavar="A:B", help="compress only time steps A to B-1")
+    p.add_argument(
+        "--crop",
+        metavar="Z0:Z1,Y0:Y1,X0:X1",
+        help="compress only this box (one range per spatial axis; ':' keeps an axis whole)",
+    )
+    p.add_argument(
+        "--dims",
+        metavar="T,Y,X",
+        help="axis names of a .npy input, e.g. t,y,x for a 2-D time series",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     _add_config_flags(p)
     _add_bound_flags(p)
@@ -387,7 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser(
-        "decompress",
+        allow_abbrev=False,
+        name="decompress",
         help="decode a .sinr file to .npy, HDF5 or NetCDF",
         description="Decode all of a .sinr file, one time step, or a region.",
     )
@@ -395,6 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output: .npy, .h5 or .nc")
     p.add_argument("--time", help="only this time step (or range a:b)")
     p.add_argument("--region", help="index over all axes, e.g. '3,0:32,:,10:20'")
+    p.add_argument("--var", help="the variable of a dataset file to decode (default: all)")
     p.add_argument(
         "--scale",
         type=_positive_int,
@@ -409,17 +603,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_decompress)
 
     p = sub.add_parser(
-        "info",
+        allow_abbrev=False,
+        name="info",
         help="describe a .sinr file without decoding it",
         description="Shape, variable, ratio, PSNR, networks, bytes per section.",
     )
     p.add_argument("input", help="the .sinr file")
+    p.add_argument("--var", help="one variable of a dataset file")
     p.add_argument("--json", action="store_true", help="print JSON")
     common(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
-        "verify",
+        allow_abbrev=False,
+        name="verify",
         help="decode a .sinr file and compare it with the original",
         description="Decode a .sinr file and report max error, max error / value range, PSNR "
         "and ratio against the original. Exits with 1 if the file's stored guarantee (max "
@@ -439,7 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(
-        "demo",
+        allow_abbrev=False,
+        name="demo",
         help="compress the bundled real excerpt and report",
         description="Compress the viscous-fingering excerpt that ships with "
         "sciinr, decompress it, and print ratio, PSNR, bits/value and timings.",
@@ -452,10 +650,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.run import add_arguments as add_bench_arguments
 
     p = sub.add_parser(
-        "bench",
+        allow_abbrev=False,
+        name="bench",
         help="rate-distortion benchmark against SZ3, ZFP, TTHRESH, SPERR, fpzip, zstd",
         description="Sweep sciinr and the baselines on one field; write CSV, PNG, JSON and a "
-        "summary (ratio at 40/50/60 dB) to benchmarks/results/<dataset>/.",
+        "summary (ratio at 40/50/60 dB) to ./<dataset>/ (or -o DIR).",
     )
     add_bench_arguments(p)
     common(p)
@@ -470,6 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
     )
+    previous_level = logger.level
+    logger.setLevel(max(level, logging.DEBUG))  # also where logging was configured before
     output = Path(args.output) if isinstance(getattr(args, "output", None), str) else None
     before = _identity(output)
     try:
@@ -486,6 +687,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return _interrupted(output, before)
+    finally:
+        logger.setLevel(previous_level)
 
 
 def _identity(path: Path | None) -> tuple[int, int] | None:

@@ -54,8 +54,10 @@ class RegionReader:
         dtype: Any,
         device: str = "cpu",
         offset: tuple[int, ...] | None = None,
+        variable: str | None = None,
     ):
         self.source = source
+        self.variable = variable  # the field of a dataset file
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(dtype)
         self.ndim = len(self.shape)
@@ -70,15 +72,24 @@ class RegionReader:
         if self._arr is None:
             from .api import SinrArray
 
-            self._arr = SinrArray(self.source, device=self.device)
+            self._arr = SinrArray(self.source, device=self.device, variable=self.variable)
         moved = tuple(slice(o + k.start, o + k.stop) for o, k in zip(self.offset, key, strict=True))
         return self._arr[moved]
 
 
 def default_chunks(arr: Any) -> tuple[int, ...]:
     """One block of time steps by the whole space, split along the first spatial axes (in
-    multiples of the block) while a chunk holds more than :data:`CHUNK_BYTES`."""
-    block4 = arr.header["model"]["block"]
+    multiples of the block) while a chunk holds more than :data:`CHUNK_BYTES`.
+
+    A file without block networks (a whole-field base) is cut by the default block size.
+    """
+    model = arr.header.get("model")
+    if isinstance(model, dict) and "block" in model:
+        block4 = model["block"]
+    else:
+        from .config import PartitionConfig
+
+        block4 = [min(b, s) for b, s in zip(PartitionConfig().block, arr._shape4, strict=True)]
     axes = arr._axes()  # internal axis of each original axis
     chunks = [block4[0] if (arr.has_time and i == 0) else n for i, n in enumerate(arr.shape)]
     for i in range(1 if arr.has_time else 0, arr.ndim):
@@ -102,7 +113,7 @@ def _lazy(arr: Any, region: list[tuple[int, int]], chunks: Any) -> Any:
     device = "cpu" if arr._device == "auto" else arr._device
     shape = tuple(b - a for a, b in region)
     offset = tuple(a for a, _ in region)
-    reader = RegionReader(source, shape, arr.dtype, device, offset)
+    reader = RegionReader(source, shape, arr.dtype, device, offset, variable=arr.variable)
     name = "sciinr-" + tokenize(arr.source, arr.nbytes_file, repr(arr.header), region, chunks)
     return da.from_array(
         reader,

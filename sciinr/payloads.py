@@ -42,6 +42,9 @@ class Volume:
     source: str = "<array>"
     mask: np.ndarray | None = None  # (T, Z, Y, X) bool, True = valid; None: all valid
     fill_value: float | None = None  # the original's fill value, when it had one
+    # (start, stop) per original axis when only part of the source was read, and its shape
+    selection: tuple[tuple[int, int], ...] | None = None
+    source_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.data.ndim != 4 or self.data.dtype != np.float32:

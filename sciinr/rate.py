@@ -60,6 +60,7 @@ class Networks:
     n_blocks: int
     n_trivial: int
     fit_steps: int
+    max_abs_error: float | None = None  # largest |original - decoded| of the networks alone
 
 
 @dataclass(frozen=True)

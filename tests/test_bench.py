@@ -194,6 +194,34 @@ def test_cli_bench_writes_csv_png_json_summary(
     assert (out / "rd.md").read_text().startswith("### tiny: tiny 2x8x16x16 (all)")
 
 
+def test_cli_bench_writes_to_the_current_directory_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "in" / "tiny.npy"
+    src.parent.mkdir()
+    np.save(src, smooth_field(t=2, z=8, y=16, x=16))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert cli.main(["bench", str(src), "--codecs", "zstd", "-q"]) == 0
+    assert sorted(p.name for p in (work / "tiny").iterdir()) == [
+        "rd.csv",
+        "rd.json",
+        "rd.md",
+        "rd.png",
+    ]
+
+
+def test_plot_marks_the_target_psnr_lines() -> None:
+    pytest.importorskip("matplotlib")
+    points = [_pt("sciinr", 35.0, 100.0), _pt("sciinr", 45.0, 20.0)]
+    (ax,) = report.rd_figure(points, "t").axes
+    flat = [ln.get_ydata() for ln in ax.lines if len(set(ln.get_ydata())) == 1]
+    assert sorted(float(y[0]) for y in flat) == [40.0, 50.0, 60.0]
+    assert [t.get_text() for t in ax.texts] == ["40 dB", "50 dB", "60 dB"]
+    assert report.plot_png(points, "t")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_cli_bench_bad_input_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -87,8 +87,10 @@ def test_info(sinr_file, capsys):
     _, sinr = sinr_file
     assert main(["info", str(sinr)]) == 0
     out = capsys.readouterr().out
-    for word in ("ratio", "psnr", "networks", "parameters", "sparsity", "theta"):
+    for word in ("ratio", "PSNR", "max error", "networks", "parameters", "sparsity", "theta"):
         assert word in out
+    assert "time=4 z=8 y=16 x=16" in out
+    assert "no pointwise guarantee" in out
 
 
 def test_info_of_a_base_file(tmp_path, capsys):
@@ -100,9 +102,10 @@ def test_info_of_a_base_file(tmp_path, capsys):
     lines = dict(
         line.split(None, 1) for line in capsys.readouterr().out.splitlines() if " " in line
     )
-    assert lines["networks"].strip() == "0"
-    assert "'ranks'" in lines["base"]
-    assert float(lines["psnr"]) >= 35.0
+    assert "networks" not in lines
+    assert "ranks" in lines["base"]
+    assert "no block networks" in lines["base"]
+    assert float(lines["PSNR"].split()[0]) >= 35.0
 
 
 def _error_line(capsys):
@@ -146,3 +149,45 @@ def test_help_on_every_command(capsys):
             main([cmd, "--help"])
         assert exc.value.code == 0
         assert "usage: sciinr " + cmd in capsys.readouterr().out
+
+
+def test_quiet_prints_nothing_and_verbose_has_no_blank_lines(tmp_path, capsys, caplog):
+    src = tmp_path / "f.npy"
+    np.save(src, smooth_field(t=2))
+    fast = [a for a in TINY if a != "-q"] + ["--max-steps", "100", "--prune", "0"]
+    assert main(["compress", str(src), "-o", str(tmp_path / "q.sinr"), *fast, "-q"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert main(["compress", str(src), "-o", str(tmp_path / "v.sinr"), *fast, "-vv"]) == 0
+    out, err = capsys.readouterr()
+    assert any(r.levelname == "DEBUG" for r in caplog.records)  # pytest holds the log
+    assert "\r" not in err  # no progress bar under -vv: the debug log reports progress
+    assert "" not in err.rstrip("\n").split("\n")[1:]  # no blank lines
+    assert "ratio" in out
+
+
+def test_var_lists_repeats_abbreviations_and_dims(tmp_path, capsys):
+    src = tmp_path / "series.npy"
+    np.save(src, smooth_field(t=4)[:, 0])  # (t, y, x)
+    out = tmp_path / "o.sinr"
+    base = ["compress", str(src), "-o", str(out)]
+    with pytest.raises(SystemExit) as exc:
+        main([*base, "--var", "a", "--var", "b"])
+    assert exc.value.code == 2
+    assert "--var given twice" in capsys.readouterr().err
+    assert main([*base, "--var", "a,b", *TINY]) == 2
+    assert "need a NetCDF input" in _error_line(capsys)
+    with pytest.raises(SystemExit):
+        main([*base, "--tim", "0:2"])  # no abbreviation of --time(-dim)
+    assert "unrecognized arguments: --tim" in capsys.readouterr().err
+    fast = [*TINY, "--max-steps", "100", "--prune", "0"]
+    assert main([*base, "--dims", "t,y,x", "--time", "1:3", *fast]) == 0
+    arr = sciinr_open(out)
+    assert arr.dims == ("t", "y", "x")
+    assert arr.has_time
+    assert arr.shape == (2, 16, 16)
+
+
+def sciinr_open(path):
+    import sciinr
+
+    return sciinr.open(path)

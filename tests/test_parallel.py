@@ -38,7 +38,7 @@ def sinr_path(tmp_path_factory):
 
 def test_core_does_not_import_dask():
     code = (
-        "import sys, sciinr, sciinr.cli, sciinr.api; "
+        "import sys, sciinr, sciinr.cli, sciinr.api, sciinr.scale, sciinr.stages.stream; "
         "assert not any(m == 'dask' or m.startswith(('dask.', 'distributed')) "
         "for m in sys.modules), sorted(m for m in sys.modules if 'dask' in m)"
     )
@@ -120,3 +120,15 @@ def test_to_dask_of_a_field_with_missing_values(tmp_path):
     assert isinstance(got, np.ma.MaskedArray)
     np.testing.assert_array_equal(np.ma.getmaskarray(got), np.isnan(data))
     close(np.ma.filled(got, 0.0), np.ma.filled(want, 0.0))
+
+
+def test_to_dask_of_a_file_without_networks(tmp_path):
+    data = smooth_field(t=6, z=8, y=16, x=16)
+    path = tmp_path / "b.sinr"
+    sciinr.compress(data, psnr=35, config=tiny(**{"base.kind": "tucker"}), out=path)
+    arr = sciinr.open(path)
+    assert arr.net is None  # a whole-field base models this field
+    lazy = arr.to_dask()
+    assert lazy.chunks[0] == (6,)  # the default block's 8 steps, clipped to the field
+    close(lazy.compute(), arr[...])
+    close(parallel.decode(arr, (slice(1, 5), 3), workers=2), arr[1:5, 3])

@@ -161,7 +161,7 @@ def test_cli_compress_memory_limit(h5_path, tmp_path, capsys):
     out = tmp_path / "f.sinr"
     args = ["compress", str(h5_path), "-o", str(out), "--psnr", "30", "--memory-limit", "2GB"]
     args += ["--block", "2,8,8,8", "--width", "16", "--depth", "1", "--max-steps", "600"]
-    args += ["--prune-steps", "1", "--recovery-steps", "100", "--finetune-steps", "100", "-q"]
+    args += ["--prune-steps", "1", "--recovery-steps", "100", "--finetune-steps", "100"]
     assert cli.main(args) == 0
     assert "ratio" in capsys.readouterr().out
     assert sciinr.info(out)["shape"] == [6, 9, 16, 13]

@@ -159,8 +159,27 @@ PLOT_MIN_PSNR = 15.0  # points below are in the CSV but outside the plot
 PLOT_MAX_PSNR = 130.0
 
 
-def plot_png(points: Sequence[Point], title: str, notes: Sequence[str] = ()) -> bytes:
-    """PSNR against bits per value (log x), one line per codec and mode; PNG bytes.
+def plot_png(
+    points: Sequence[Point],
+    title: str,
+    notes: Sequence[str] = (),
+    targets: Sequence[float] = (40.0, 50.0, 60.0),
+) -> bytes:
+    """:func:`rd_figure` as PNG bytes."""
+    buf = io.BytesIO()
+    rd_figure(points, title, notes, targets).savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def rd_figure(
+    points: Sequence[Point],
+    title: str,
+    notes: Sequence[str] = (),
+    targets: Sequence[float] = (40.0, 50.0, 60.0),
+) -> Any:
+    """PSNR against bits per value (log x), one line per codec and mode (a matplotlib Figure).
+
+    Thin grey horizontal lines mark the summary's PSNR ``targets`` (40/50/60 dB by default).
 
     Colour and marker name the codec, the line style the mode (solid: each time step,
     dashed: the whole array). sciinr is drawn thick and black. Lossless lines
@@ -209,6 +228,18 @@ def plot_png(points: Sequence[Point], title: str, notes: Sequence[str] = ()) -> 
                 label=f"{label}: lossless, {best.ratio:.2f}x",
             )
             shown.append(best.bits_per_value)
+    for db in targets:
+        ax.axhline(db, color="grey", linewidth=0.8, linestyle="-.", alpha=0.7, zorder=1)
+        ax.annotate(
+            f"{db:g} dB",
+            xy=(1.0, db),
+            xycoords=("axes fraction", "data"),
+            xytext=(-2, 2),
+            textcoords="offset points",
+            ha="right",
+            fontsize=7,
+            color="grey",
+        )
     ax.set_xscale("log")
     if shown:
         ax.set_xlim(min(shown) / 1.5, max(shown) * 1.5)
@@ -221,9 +252,7 @@ def plot_png(points: Sequence[Point], title: str, notes: Sequence[str] = ()) -> 
     fig.subplots_adjust(left=0.08, right=0.72, bottom=0.1 + 0.02 * len(notes))
     if notes:
         fig.text(0.01, 0.005, "\n".join(notes), fontsize=6, va="bottom", color="dimgrey")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return fig
 
 
 def summary_markdown(

@@ -90,7 +90,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-o",
         "--out",
-        help="output directory (default: benchmarks/results/<dataset>)",
+        help="output directory (default: ./<dataset> for sciinr bench, "
+        "benchmarks/results/<dataset> for benchmarks/rd.py)",
     )
 
 
@@ -259,8 +260,10 @@ def run(
     header = f"### {field.name}: {field.variable} {shape} ({field.selection})"
     text = report.summary_markdown(markdown(summary), meta, header, all_notes)
     title = f"{field.name}: {field.variable} {shape} ({field.selection}) — {meta['git_revision']}"
-    png = report.plot_png(points, title)
-    out_dir = Path(args.out) if args.out else DEFAULT_OUT / field.name
+    png = report.plot_png(points, title, targets=targets)
+    out_dir = (
+        Path(args.out) if args.out else Path(getattr(args, "out_root", DEFAULT_OUT)) / (field.name)
+    )
     files = report.write_outputs(out_dir, "rd", points, summary, text, meta, png)
     echo(text)
     echo("wrote " + ", ".join(str(p) for p in files.values()))

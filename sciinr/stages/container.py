@@ -50,6 +50,8 @@ def _head(
     header: dict[str, Any], sections: dict[str, bytes], version: tuple[int, int] = BASE_VERSION
 ) -> bytes:
     """The prefix and JSON header (with its section table) of a file of these sections."""
+    if len(sections) > MAX_SECTIONS:
+        raise ValueError(f"{len(sections)} sections exceed {MAX_SECTIONS}")
     table, offset = [], 0
     for name, data in sections.items():
         if not _NAME.match(name):

@@ -302,6 +302,7 @@ def fit(
     init: dict[str, np.ndarray] | None = None,
     max_steps: int | None = None,
     net: BatchedSiren | None = None,
+    label: str = "fit",
 ) -> Fitted:
     """Train one network per cluster until the whole field reaches ``target_psnr + margin``.
 
@@ -319,6 +320,8 @@ def fit(
         Seed of initial weights and sampling.
     progress : bool
         Show a tqdm bar with the current PSNR.
+    label : str
+        The bar's label: the phase (``fit``, ``prune 1/3``, ``share 6 bits, fine-tune``).
     init : dict, optional
         Start from these parameters (as in ``Fitted.arrays``) instead of a random init.
     net : BatchedSiren, optional
@@ -369,7 +372,7 @@ def fit(
     last_exact = 0
     step = 0
     losses: list[torch.Tensor] = []
-    bar = tqdm(total=budget, disable=not progress, leave=False, desc="fit", unit="step")
+    bar = tqdm(total=budget, disable=not progress, leave=False, desc=label, unit="step")
     try:
         while step < budget:
             opt.zero_grad(set_to_none=True)

@@ -18,6 +18,7 @@ import logging
 import os
 import stat
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +73,73 @@ _SKIP_ATTRS = {
 }
 
 
+@dataclass(frozen=True)
+class Select:
+    """Part of a field to read: a range of time steps and a crop of the spatial axes.
+
+    ``time`` is ``(start, stop)`` along the time axis (None: to the end); ``crop`` is one
+    ``(start, stop)`` per spatial axis, in the file's order. Negative values count from the end.
+    """
+
+    time: tuple[int | None, int | None] | None = None
+    crop: tuple[tuple[int | None, int | None], ...] | None = None
+
+    def slices(
+        self, shape: tuple[int, ...], has_time: bool, where: str
+    ) -> tuple[slice, ...] | None:
+        """One slice per axis, or None when nothing is selected."""
+        if self.time is None and self.crop is None:
+            return None
+        n_sp = len(shape) - (1 if has_time else 0)
+        out = [slice(None)] * len(shape)
+        if self.time is not None:
+            if not has_time:
+                raise InputError(f"{where}: a time range was given but the field has no time axis")
+            out[0] = slice(*self.time)
+        if self.crop is not None:
+            if len(self.crop) != n_sp:
+                raise InputError(
+                    f"{where}: the crop gives {len(self.crop)} ranges for {n_sp} spatial axes"
+                )
+            for i, (a, b) in enumerate(self.crop):
+                out[len(shape) - n_sp + i] = slice(a, b)
+        for axis, (sl, n) in enumerate(zip(out, shape, strict=True)):
+            start, stop, _ = sl.indices(n)
+            if stop <= start:
+                raise InputError(
+                    f"{where}: the selection {sl.start}:{sl.stop} of axis {axis} (size {n}) "
+                    "is empty"
+                )
+            out[axis] = slice(start, stop)
+        return tuple(out)
+
+
+def parse_range(text: str) -> tuple[int | None, int | None]:
+    """``"3:10"`` -> ``(3, 10)``; ``":5"`` -> ``(None, 5)``; ``"4"`` -> ``(4, 5)``."""
+    try:
+        if ":" not in text:
+            i = int(text)
+            return (i, i + 1 if i != -1 else None)
+        a, b = text.split(":")
+        return (int(a) if a.strip() else None, int(b) if b.strip() else None)
+    except ValueError:
+        raise InputError(f"bad range {text!r}: use START:STOP, e.g. 0:3") from None
+
+
+def parse_crop(text: str) -> tuple[tuple[int | None, int | None], ...]:
+    """``"0:10,5:20,:"`` -> one (start, stop) per spatial axis."""
+    return tuple(
+        parse_range(part.strip()) if part.strip() != ":" else (None, None)
+        for part in text.split(",")
+    )
+
+
 def read(
     source: Any,
     var: str | None = None,
     time_dim: str | None = None,
     dims: tuple[str, ...] | None = None,
+    select: Select | None = None,
 ) -> Volume:
     """Read one field into a :class:`Volume`.
 
@@ -89,7 +152,9 @@ def read(
     time_dim : str, optional
         Name of the time dimension; ``"none"`` for a static field. Default: from dimension names.
     dims : tuple of str, optional
-        Axis names for an array source.
+        Axis names for an array or ``.npy`` source.
+    select : Select, optional
+        Read only these time steps / this crop (the header records the selection).
 
     Raises
     ------
@@ -98,14 +163,15 @@ def read(
     """
     if isinstance(source, np.ndarray):  # a numpy.ma.MaskedArray included
         names = dims or _default_dims(source.ndim)
-        return _to_volume(source, "<array>", "data", names, {}, time_dim, None)
+        return _to_volume(source, "<array>", "data", names, {}, time_dim, None, select=select)
     mod = type(source).__module__
     if mod.startswith("h5py"):
-        return _from_h5_dataset(source, getattr(source.file, "filename", "<h5py>"), time_dim)
+        path = getattr(source.file, "filename", "<h5py>")
+        return _from_h5_dataset(source, path, time_dim, select)
     if mod.startswith("netCDF4"):
-        return _from_nc_variable(source, source.group().filepath(), time_dim)
+        return _from_nc_variable(source, source.group().filepath(), time_dim, select)
     if isinstance(source, str | os.PathLike):
-        return read_path(Path(source), var, time_dim)
+        return read_path(Path(source), var, time_dim, dims, select)
     raise InputError(
         f"cannot read a {type(source).__name__}: give a path, array, h5py dataset "
         "or netCDF4 variable"
@@ -140,7 +206,13 @@ def regular_file(path: Path, what: str = "a file") -> os.stat_result:
     return st
 
 
-def read_path(path: Path, var: str | None, time_dim: str | None) -> Volume:
+def read_path(
+    path: Path,
+    var: str | None,
+    time_dim: str | None,
+    dims: tuple[str, ...] | None = None,
+    select: Select | None = None,
+) -> Volume:
     """Read a field from a file path (format detected from the magic bytes)."""
     regular_file(path)
     try:
@@ -153,16 +225,19 @@ def read_path(path: Path, var: str | None, time_dim: str | None) -> Volume:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as exc:
             raise InputError(f"{path}: unreadable .npy file ({exc})") from None
+        names = tuple(dims) if dims else _default_dims(arr.ndim)
+        if len(names) != arr.ndim:
+            raise InputError(f"{path}: {len(names)} dims given for a {arr.ndim}-D array")
         return _to_volume(
-            arr, str(path), var or path.stem, _default_dims(arr.ndim), {}, time_dim, None
+            arr, str(path), var or path.stem, names, {}, time_dim, None, select=select
         )
     if magic.startswith(NETCDF3_MAGICS):
         _check_netcdf3_size(path)
-        return _read_netcdf(path, var, time_dim)
+        return _read_netcdf(path, var, time_dim, select)
     if magic == HDF5_MAGIC and path.suffix.lower() in NETCDF_SUFFIXES:
-        return _read_netcdf(path, var, time_dim)
+        return _read_netcdf(path, var, time_dim, select)
     if magic == HDF5_MAGIC:
-        return _read_hdf5(path, var, time_dim)
+        return _read_hdf5(path, var, time_dim, select)
     raise InputError(f"{path}: not an HDF5, NetCDF or .npy file (unknown magic bytes)")
 
 
@@ -172,7 +247,9 @@ def _default_dims(ndim: int) -> tuple[str, ...]:
     )
 
 
-def _read_hdf5(path: Path, var: str | None, time_dim: str | None) -> Volume:
+def _read_hdf5(
+    path: Path, var: str | None, time_dim: str | None, select: Select | None = None
+) -> Volume:
     import h5py
 
     try:
@@ -210,10 +287,12 @@ def _read_hdf5(path: Path, var: str | None, time_dim: str | None) -> Volume:
                 f"{path}: variable {var!r} not found (has: "
                 f"{', '.join(fields) or 'no multi-dimensional datasets'})"
             )
-        return _from_h5_dataset(obj, str(path), time_dim)
+        return _from_h5_dataset(obj, str(path), time_dim, select)
 
 
-def _from_h5_dataset(ds: Any, path: str, time_dim: str | None) -> Volume:
+def _from_h5_dataset(
+    ds: Any, path: str, time_dim: str | None, select: Select | None = None
+) -> Volume:
     name = (ds.name or "data").lstrip("/")
     if ds.shape is None:
         raise InputError(f"{path}: variable {name!r} is empty (HDF5 null dataspace)")
@@ -226,8 +305,9 @@ def _from_h5_dataset(ds: Any, path: str, time_dim: str | None) -> Volume:
     except (OSError, RuntimeError, KeyError) as exc:
         raise InputError(f"{path}: variable {name!r} cannot be read ({exc})") from None
     dims = tuple(lbl if lbl else f"dim{i}" for i, lbl in enumerate(labels))
+    sel = _selection(select, tuple(ds.shape), dims, time_dim, None, path, name)
     try:
-        arr = ds[()]
+        arr = ds[sel] if sel is not None else ds[()]
     except OSError as exc:
         raise InputError(f"{path}: variable {name!r} cannot be read ({exc})") from None
     fills = _fill_values(raw_attrs)
@@ -235,7 +315,19 @@ def _from_h5_dataset(ds: Any, path: str, time_dim: str | None) -> Volume:
         missing = np.isin(arr, np.asarray(fills, arr.dtype))
         arr = np.ma.MaskedArray(arr, mask=missing) if missing.any() else arr
     fill = fills[0] if fills else None
-    return _to_volume(arr, path, name, dims, attrs, time_dim, None, fill)
+    return _to_volume(
+        arr,
+        path,
+        name,
+        dims,
+        attrs,
+        time_dim,
+        None,
+        fill,
+        select=select,
+        sel=sel,
+        source_shape=ds.shape,
+    )
 
 
 def _check_netcdf3_size(path: Path) -> None:
@@ -319,7 +411,9 @@ def netcdf3_required_size(head: bytes) -> int | None:
     return need
 
 
-def _read_netcdf(path: Path, var: str | None, time_dim: str | None) -> Volume:
+def _read_netcdf(
+    path: Path, var: str | None, time_dim: str | None, select: Select | None = None
+) -> Volume:
     import netCDF4
 
     try:
@@ -338,10 +432,12 @@ def _read_netcdf(path: Path, var: str | None, time_dim: str | None) -> Volume:
             var = fields[0]
         if var not in ds.variables:
             raise InputError(f"{path}: variable {var!r} not found (has: {', '.join(fields)})")
-        return _from_nc_variable(ds.variables[var], str(path), time_dim)
+        return _from_nc_variable(ds.variables[var], str(path), time_dim, select)
 
 
-def _from_nc_variable(v: Any, path: str, time_dim: str | None) -> Volume:
+def _from_nc_variable(
+    v: Any, path: str, time_dim: str | None, select: Select | None = None
+) -> Volume:
     name = v.name
     packed = "scale_factor" in v.ncattrs() or "add_offset" in v.ncattrs()
     if not packed or (
@@ -350,6 +446,40 @@ def _from_nc_variable(v: Any, path: str, time_dim: str | None) -> Volume:
         _check_dtype(v.dtype, path, name)
     _check_shape(tuple(v.shape), path, name)
     attrs = _clean_attrs({k: v.getncattr(k) for k in v.ncattrs()})
+    time_hint = nc_time_hint(v)
+    sel = _selection(select, tuple(v.shape), tuple(v.dimensions), time_dim, time_hint, path, name)
+    try:
+        with warnings.catch_warnings():  # netCDF4 warns while casting fill values of packed ints
+            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            arr = v[sel] if sel is not None else v[...]
+    except (OSError, RuntimeError) as exc:
+        raise InputError(f"{path}: variable {name!r} cannot be read ({exc})") from None
+    fill = None
+    if not packed:  # a packed variable's fill is in packed units: NaN marks it on output
+        fills = _fill_values({k: v.getncattr(k) for k in v.ncattrs()})
+        fill = fills[0] if fills else None
+    if packed:
+        arr = arr.astype(np.float32) if arr.dtype != np.float64 else arr
+        attrs["sciinr_unpacked_from"] = str(v.dtype)
+    dims = tuple(v.dimensions)
+    return _to_volume(
+        arr,
+        path,
+        name,
+        dims,
+        attrs,
+        time_dim,
+        time_hint,
+        fill,
+        select=select,
+        sel=sel,
+        source_shape=v.shape,
+    )
+
+
+def nc_time_hint(v: Any) -> str | None:
+    """The time dimension of a netCDF4 variable, from its coordinate variables (or None)."""
     grp = v.group()
     unlimited = {n for n, d in grp.dimensions.items() if d.isunlimited()}
     time_hint = None
@@ -363,21 +493,23 @@ def _from_nc_variable(v: Any, path: str, time_dim: str | None) -> Volume:
         if is_time:
             time_hint = d
             break
-    try:
-        with warnings.catch_warnings():  # netCDF4 warns while casting fill values of packed ints
-            warnings.simplefilter("ignore", RuntimeWarning)
-            warnings.simplefilter("ignore", UserWarning)
-            arr = v[...]
-    except (OSError, RuntimeError) as exc:
-        raise InputError(f"{path}: variable {name!r} cannot be read ({exc})") from None
-    fill = None
-    if not packed:  # a packed variable's fill is in packed units: NaN marks it on output
-        fills = _fill_values({k: v.getncattr(k) for k in v.ncattrs()})
-        fill = fills[0] if fills else None
-    if packed:
-        arr = arr.astype(np.float32) if arr.dtype != np.float64 else arr
-        attrs["sciinr_unpacked_from"] = str(v.dtype)
-    return _to_volume(arr, path, name, tuple(v.dimensions), attrs, time_dim, time_hint, fill)
+    return time_hint
+
+
+def _selection(
+    select: Select | None,
+    shape: tuple[int, ...],
+    dims: tuple[str, ...],
+    time_dim: str | None,
+    time_hint: str | None,
+    path: str,
+    name: str,
+) -> tuple[slice, ...] | None:
+    if select is None or not 2 <= len(shape) <= 4:
+        return None
+    dims = tuple(dims) if len(dims) == len(shape) else _default_dims(len(shape))
+    has_time = _time_axis(dims, shape, time_dim, time_hint, path, name)
+    return select.slices(shape, has_time, f"{path}: variable {name!r}")
 
 
 def _fill_values(attrs: dict[str, Any]) -> list[float]:
@@ -428,8 +560,17 @@ def _to_volume(
     time_dim: str | None,
     time_hint: str | None,
     fill_value: float | None = None,
+    select: Select | None = None,
+    sel: tuple[slice, ...] | None = None,
+    source_shape: tuple[int, ...] | None = None,
 ) -> Volume:
     _check_dtype(arr.dtype, path, name)
+    if select is not None and sel is None and source_shape is None:  # an in-memory array
+        dims_ = tuple(dims) if len(dims) == arr.ndim else _default_dims(arr.ndim)
+        sel = _selection(select, tuple(arr.shape), dims_, time_dim, time_hint, path, name)
+        if sel is not None:
+            source_shape = tuple(arr.shape)
+            arr = arr[sel]
     shape = tuple(int(s) for s in arr.shape)
     _check_shape(shape, path, name)
     dims = tuple(dims) if len(dims) == len(shape) else _default_dims(len(shape))
@@ -477,6 +618,9 @@ def _to_volume(
             "%s:%s: %d of %d values missing (masked)", path, name, src.size - n_valid, src.size
         )
     logger.info("read %s:%s shape=%s dims=%s time=%s", path, name, shape, dims, has_time)
+    selection = None
+    if sel is not None and source_shape is not None:
+        selection = tuple((int(s.start), int(s.stop)) for s in sel)
     return Volume(
         data=data,
         orig_shape=shape,
@@ -486,6 +630,8 @@ def _to_volume(
         variable=name,
         attrs=attrs,
         source=path,
+        selection=selection,
+        source_shape=tuple(int(n) for n in source_shape) if selection else None,
         mask=mask,
         fill_value=fill_value if mask is not None else None,
     )

@@ -117,6 +117,7 @@ def prune(
                 value_range=value_range,
                 seed=seed + k,
                 progress=progress,
+                label=f"prune {k}/{cfg.prune_steps}",
             )
             logger.info("prune %.0f%%: PSNR %.2f dB", 100 * frac, res.psnr)
             if res.psnr < target_psnr + cfg.keep_db:
@@ -182,6 +183,7 @@ def share_weights(
             value_range=value_range,
             seed=seed,
             progress=progress,
+            label=f"share {bits} bits, fine-tune",
         )
         # centroids are stored as float16: round them here so ``arrays`` is what decode sees
         tuned = {
