@@ -425,9 +425,10 @@ def cap_address_space() -> None:
 
 def tiles(arr, region: tuple[int, ...] | None = None) -> int:
     """Blocks plus residual chunks a decode of ``region`` (a corner; default: all) touches."""
-    shape4 = arr.header["model"]["shape4"]
+    shape4 = arr._shape4
     corner = region or tuple(shape4)
-    tilings = [arr.header["model"]["block"]]
+    model = arr.header.get("model")  # none in a file whose field is a whole-field base
+    tilings = [model["block"]] if isinstance(model, dict) else []
     residual = arr.header.get("residual")
     if isinstance(residual, dict) and isinstance(residual.get("chunk"), list):
         tilings.append(residual["chunk"])

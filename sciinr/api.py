@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from . import rate
 from ._version import __version__
@@ -32,6 +31,7 @@ from .stages import (
     dataset,
     decode,
     encode,
+    entropy,
     fit,
     mask,
     partition,
@@ -240,11 +240,11 @@ def encode_networks(volume: Volume, cfg: Config, progress: bool = False) -> rate
 def compress_volume(volume: Volume, cfg: Config, progress: bool = False) -> tuple[bytes, Report]:
     """Run the whole pipeline on a volume; returns the ``.sinr`` bytes and a :class:`Report`.
 
-    The composition: the network stages (:func:`encode_networks`) model the field block by
-    block; rate control (:func:`sciinr.rate.choose`) decides how often to run them and
-    which residual layer (:mod:`sciinr.stages.residual`) corrects their prediction; the
-    container packs the result, once. A whole-field prediction stage would slot in first,
-    the blocks then modelling ``volume.data - prediction``.
+    The composition: a whole-field base (:func:`encode_base`) where it serves the target
+    (:func:`uses_base`); otherwise the network stages (:func:`encode_networks`) model the
+    field block by block, and rate control (:func:`sciinr.rate.choose`) decides how often
+    to run them and which residual layer (:mod:`sciinr.stages.residual`, which corrects any
+    float64 prediction) closes the gap. The container packs the result, once.
     """
     t0 = time.perf_counter()
     if uses_base(volume, cfg):
@@ -253,7 +253,7 @@ def compress_volume(volume: Volume, cfg: Config, progress: bool = False) -> tupl
     def networks(c: Config) -> rate.Networks:
         return encode_networks(volume, c, progress=progress)
 
-    def file_size(net: rate.Networks, split: int | None, corr: residual.Correction | None) -> int:
+    def file_size(net: rate.Networks, split: int | None, corr: rate.Layer | None) -> int:
         return container.packed_size(*_file(volume, cfg, net, split, corr, ()))
 
     choice = rate.choose(volume, cfg, networks, file_size)
@@ -299,7 +299,7 @@ def _file(
     cfg: Config,
     net: rate.Networks,
     split: int | None,
-    corr: residual.Correction | None,
+    corr: rate.Layer | None,
     tried: tuple[dict[str, Any], ...],
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Header and sections of the file of these networks and residual layer."""
@@ -338,7 +338,7 @@ def pack(header: dict[str, Any], sections: dict[str, bytes]) -> bytes:
     return container.pack(header, sections, version)
 
 
-def _reached(volume: Volume, net: rate.Networks, corr: residual.Correction | None) -> float:
+def _reached(volume: Volume, net: rate.Networks, corr: rate.Layer | None) -> float:
     """PSNR of the decoded file: the networks', or with the residual layer added."""
     if corr is None:
         return net.psnr
@@ -487,7 +487,7 @@ class SinrArray:
     def __init__(
         self, source: bytes | str | Path, device: str = "auto", variable: str | None = None
     ):
-        data, self.source = _read_source(source)
+        data, self.source = read_source(source)
         self._bytes = data if self.source == "<bytes>" else None  # what dask tasks reopen
         self.header, self._sections = container.unpack(data, self.source)
         self.nbytes_file = len(data)
@@ -534,15 +534,15 @@ class SinrArray:
         self.variable: str = h["variable"]
         self.psnr: float | None = h.get("psnr")
         self._model: Model | None = None
-        self._residual: residual.Layer | None = None  # error-bounded files
+        self.residual: entropy.ResidualCodes | None = None  # an error-bounded file's layer
         if "residual" in h:
             try:
-                self._residual = residual.Layer(
+                self.residual = entropy.ResidualCodes(
                     h["residual"], self._sections, self._shape4, n_bytes=self.nbytes_file
                 )
             except FormatError as exc:
                 raise FormatError(f"{self.source}: {exc}") from None
-        self.max_error = self._residual.max_error if self._residual is not None else None
+        self.max_error = self.residual.max_error if self.residual is not None else None
         self._mask: mask.Mask | None = None  # fields with missing values
         self._mask_bits: np.ndarray | None = None
         if "mask" in h:
@@ -553,7 +553,12 @@ class SinrArray:
             except FormatError as exc:
                 raise FormatError(f"{self.source}: {exc}") from None
         self.fill_value = self._mask.fill_value if self._mask is not None else None
-        self._device = device
+        self.device = device
+
+    @property
+    def section_sizes(self) -> dict[str, int]:
+        """Bytes of every section of the file, by name, in file order."""
+        return {k: len(v) for k, v in self._sections.items()}
 
     @property
     def ndim(self) -> int:
@@ -609,7 +614,7 @@ class SinrArray:
         return ([0] if self.has_time else []) + list(range(4 - n_sp, 4))
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        keys = _normalize_key(key, self.shape)
+        keys = normalize_key(key, self.shape)
         region = [(0, 1)] * 4
         post: list[Any] = []
         for axis, k in zip(self._axes(), keys, strict=True):
@@ -632,8 +637,8 @@ class SinrArray:
         n = budget.n_values(tuple(region))
         need = budget.output_bytes(n, self.dtype.itemsize)
         need += self._model_bytes if self._model is None and self._base is None else 0
-        if self._residual is not None:  # its chunks decode whole, one at a time
-            need += budget.PER_CHUNK_VOXEL * math.prod(self._residual.chunk)
+        if self.residual is not None:  # its chunks decode whole, one at a time
+            need += budget.PER_CHUNK_VOXEL * math.prod(self.residual.chunk)
         if self._mask is not None:  # the packed bits, then a bool and an index per value
             need += (self._mask.n_bytes if self._mask_bits is None else 0) + 16 * n
         avail = budget.available_memory()
@@ -644,18 +649,17 @@ class SinrArray:
         )
         if need > avail:
             raise too_big
-        device = self._resolve_device()  # a bad device is an error for every kind of file
+        device = resolve_device(self.device)  # a bad device is an error for every kind of file
         try:
             if self.net is None:
                 internal = tucker.evaluate(self.base, tuple(region)).astype(np.float32)
-            elif self._residual is None:
-                model = self.model
-                internal = decode.decode(model, tuple(region), device=device)
+            elif self.residual is None:
+                internal = decode.decode(self.model, tuple(region), device=device)
             else:  # the float64 prediction the residual layer corrects
                 prediction = decode.decode(
                     self.model, tuple(region), device=device, dtype=np.float64
                 )
-                internal = self._residual.apply(prediction, tuple(region))
+                internal = residual.apply(prediction, self.residual, tuple(region))
             finite = bool(np.isfinite(internal).all())
             if self._mask is not None:
                 internal = mask.apply(internal, self._valid(tuple(region)), self.fill_value)
@@ -671,15 +675,12 @@ class SinrArray:
             raise FormatError(f"{self.source}: corrupted model (it decodes to non-finite values)")
         return out
 
-    def _resolve_device(self) -> torch.device:
-        return resolve_device(self._device)
-
     def read(self) -> np.ndarray:
         """The whole field."""
         return self[...]
 
     def _base_only(self, what: str) -> tucker.TuckerBase:
-        if self.net is not None or self._residual is not None:
+        if self.net is not None or self.residual is not None:
             raise InputError(
                 f"{self.source}: {what} needs a file whose field is a whole-field base "
                 "(this one is block networks or carries an error bound; decode its grid)"
@@ -753,7 +754,7 @@ class SinrArray:
         )
 
 
-def _normalize_key(key: Any, shape: tuple[int, ...]) -> list[Any]:
+def normalize_key(key: Any, shape: tuple[int, ...]) -> list[Any]:
     """NumPy indexing -> per-axis int, (start, stop, step>0) or an int64 array of indices.
 
     Integers, slices with a positive step, one ellipsis, and at most one integer array or
@@ -838,7 +839,7 @@ def parse_index(text: str) -> tuple[Any, ...]:
     return tuple(items)
 
 
-def _read_source(source: Any) -> tuple[bytes, str]:
+def read_source(source: Any) -> tuple[bytes, str]:
     """The bytes of a ``.sinr`` source and a name for messages."""
     if isinstance(source, bytes | bytearray | memoryview):
         return bytes(source), "<bytes>"
@@ -933,7 +934,7 @@ def info(source: bytes | str | Path, variable: str | None = None) -> dict[str, A
         Not a .sinr file, truncated, corrupted, or from a newer format version.
     """
     if variable is None:
-        data, name = _read_source(source)
+        data, name = read_source(source)
         head, _ = container.unpack(data, name)
         if dataset.is_dataset(head):
             from .datafile import info as dataset_info
@@ -942,6 +943,12 @@ def info(source: bytes | str | Path, variable: str | None = None) -> dict[str, A
     arr = SinrArray(source, variable=variable)
     n_values = math.prod(arr.shape)
     h = arr.header
+    sizes = arr.section_sizes
+    layer = (
+        arr.residual.describe(h["residual"], h.get("value_range"))
+        if arr.residual is not None
+        else {"max_error": None}
+    )
     return {
         "source": arr.source,
         "variable": arr.variable,
@@ -957,11 +964,11 @@ def info(source: bytes | str | Path, variable: str | None = None) -> dict[str, A
         "target_psnr": (h.get("config") or {}).get("psnr"),
         "value_range": h.get("value_range"),
         "missing_values": n_values - arr._mask.valid if arr._mask is not None else 0,
-        **(_network_info(arr) if arr.net is not None else _base_info(arr)),
-        "sections": {k: len(v) for k, v in arr._sections.items()},
+        **(encode.describe(h["model"], arr.net, sizes) if arr.net is not None else _base_info(arr)),
+        "sections": sizes,
         "measured_max_error": h.get("max_abs_error"),
         "selection": h.get("selection"),
-        **_residual_info(h.get("residual"), arr),
+        **layer,
         "attrs": arr.attrs,
     }
 
@@ -978,34 +985,7 @@ def _base_info(arr: SinrArray) -> dict[str, Any]:
         "block": None,
         "base": {"kind": meta["kind"], "ranks": list(meta["ranks"]), "step": meta["step"]},
         "parameters": n_params,
-        "bits_per_parameter": 8 * sum(len(arr._sections[k]) for k in tucker.SECTIONS) / n_params,
-    }
-
-
-def _network_info(arr: SinrArray) -> dict[str, Any]:
-    """``info()`` entries of a file whose field is block networks."""
-    assert arr.net is not None
-    model_meta = arr.header.get("model") or {}
-    n_params = arr.net.n_params() + arr.net.n_blocks * arr.net.latent_dim
-    net_bytes = sum(
-        len(v)
-        for k, v in arr._sections.items()
-        if k.startswith(("idx_", "latent")) or k in ("codebooks", "params")
-    )
-    return {
-        "networks": arr.net.n_nets,
-        "fitted_blocks": arr.net.n_blocks,
-        "block": model_meta.get("block"),
-        "parameters": n_params,
-        "parameter_encoding": model_meta.get("params_dtype"),
-        "sparsity": model_meta.get("sparsity", 0.0),
-        "bits_per_parameter": 8 * net_bytes / max(n_params, 1),
-        "architecture": {
-            "width": arr.net.width,
-            "depth": arr.net.depth,
-            "latent_dim": arr.net.latent_dim,
-            "omega0": arr.net.omega0,
-        },
+        "bits_per_parameter": 8 * sum(arr.section_sizes[k] for k in tucker.SECTIONS) / n_params,
     }
 
 
@@ -1054,39 +1034,6 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_json_safe(v) for v in obj]
     return obj
-
-
-def _residual_info(meta: Any, arr: SinrArray) -> dict[str, Any]:
-    """``info()`` entries of a residual layer: the guarantee and the network/residual split."""
-    if arr._residual is None or not isinstance(meta, dict):
-        return {"max_error": None}
-    layer = arr._residual
-    return {
-        "max_error": layer.max_error,
-        "rel_error": (
-            layer.max_error / (arr.header["value_range"][1] - arr.header["value_range"][0])
-            if _range_ok(arr.header.get("value_range"))
-            else None
-        ),
-        "residual": {
-            "mode": meta.get("mode"),
-            "step": layer.step,
-            "exact_voxels": layer.n_exact,
-            "network_bytes": meta.get("network_bytes"),
-            "residual_bytes": meta.get("residual_bytes"),
-            "network_psnr": meta.get("network_psnr"),
-            "split": meta.get("split"),
-        },
-    }
-
-
-def _range_ok(vr: Any) -> bool:
-    return (
-        isinstance(vr, list)
-        and len(vr) == 2
-        and all(isinstance(v, int | float) for v in vr)
-        and vr[1] > vr[0]
-    )
 
 
 def verify(
@@ -1167,7 +1114,7 @@ def verify(
         "ratio": ratio(math.prod(arr.shape), arr.nbytes_file),
         "steps": steps,
         "seconds": seconds,
-        "device": str(arr._resolve_device()),
+        "device": str(resolve_device(arr.device)),
         "checked": arr.max_error is not None or (time is None and arr.psnr is not None),
         "failures": failures,
     }

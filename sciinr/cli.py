@@ -24,6 +24,7 @@ from . import api
 from ._version import __version__
 from .config import BoundConfig, Config
 from .errors import SciinrError
+from .stages import read, write
 
 logger = logging.getLogger("sciinr")
 
@@ -76,7 +77,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def _refuse_same_file(src: str, out: Path) -> None:
     """An output must never replace its own input."""
-    api.write.refuse_same_file(src, out)
+    write.refuse_same_file(src, out)
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:
@@ -162,14 +163,14 @@ def _progress(args: argparse.Namespace) -> bool:
 
 def _is_netcdf(path: str) -> bool:
     p = Path(path)
-    api.read.regular_file(p)  # never opens a FIFO or device (opening one may block)
+    read.regular_file(p)  # never opens a FIFO or device (opening one may block)
     try:
         with open(p, "rb") as fh:
             magic = fh.read(8)
     except OSError:
         return False
-    return magic.startswith(api.read.NETCDF3_MAGICS) or (
-        magic == api.read.HDF5_MAGIC and p.suffix.lower() in api.read.NETCDF_SUFFIXES
+    return magic.startswith(read.NETCDF3_MAGICS) or (
+        magic == read.HDF5_MAGIC and p.suffix.lower() in read.NETCDF_SUFFIXES
     )
 
 
@@ -179,7 +180,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
     out = Path(args.output)
     _refuse_same_file(args.input, out)
-    api.write.check_destination(out, args.overwrite)
+    write.check_destination(out, args.overwrite)
     cfg = _scale_from_args(args, cfg)
     select = api.make_select(args.time, args.crop)
     dims = tuple(d.strip() for d in args.dims.split(",")) if args.dims else None
@@ -193,7 +194,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             select=select,
             progress=_progress(args),
         )
-        api.write.write_bytes(out, blob, overwrite=args.overwrite)
+        write.write_bytes(out, blob, overwrite=args.overwrite)
         if not args.quiet:
             _line("output", str(out))
             for name, report in reports.items():
@@ -228,12 +229,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
         )
         name = var or Path(args.input).stem
     else:
-        volume = api.read.read(
-            args.input, var=var, time_dim=args.time_dim, dims=dims, select=select
-        )
+        volume = read.read(args.input, var=var, time_dim=args.time_dim, dims=dims, select=select)
         blob, report = api.compress_volume(volume, cfg, progress=_progress(args))
         name = volume.variable
-    api.write.write_bytes(out, blob, overwrite=args.overwrite)
+    write.write_bytes(out, blob, overwrite=args.overwrite)
     if not args.quiet:
         _line("output", str(out))
         _print_report(report, out, name=name)
@@ -245,7 +244,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     _refuse_same_file(args.input, out)
-    api.write.check_array_destination(out, args.overwrite)
+    write.check_array_destination(out, args.overwrite)
     whole = args.var is None and args.time is None and args.region is None and args.scale == 1
     if whole and out.suffix.lower() != ".npy" and _is_dataset_file(args.input):
         t0 = time.perf_counter()
@@ -285,13 +284,13 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 
 def _is_dataset_file(path: str) -> bool:
-    data, name = api._read_source(path)
+    data, name = api.read_source(path)
     header, _ = api.container.unpack(data, name)
     return api.dataset.is_dataset(header)
 
 
 def _kept_dims(arr: api.SinrArray, key: Any) -> tuple[str, ...]:
-    keys = api._normalize_key(key, arr.shape)
+    keys = api.normalize_key(key, arr.shape)
     return tuple(d for d, k in zip(arr.dims, keys, strict=True) if not isinstance(k, int))
 
 
@@ -390,7 +389,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- issue 7
+# ----------------------------------------------------------------------------- bounds
 
 
 def _add_bound_flags(p: argparse.ArgumentParser) -> None:
@@ -434,7 +433,7 @@ def _bound_from_args(args: argparse.Namespace, cfg: Config) -> Config:
 def cmd_verify(args: argparse.Namespace) -> int:
     arr = api.open(args.input, device=args.device, variable=args.var)
     time_dim = args.time_dim or (arr.dims[0] if arr.has_time else "none")
-    volume = api.read.read(args.original, var=args.var or arr.variable, time_dim=time_dim)
+    volume = read.read(args.original, var=args.var or arr.variable, time_dim=time_dim)
     result = api.verify(volume, arr, time=args.time, each_step=args.each_step)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -531,7 +530,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(bench: bool = True) -> argparse.ArgumentParser:
+    """The ``sciinr`` parser; ``bench=False`` leaves out the options of ``sciinr bench``.
+
+    Those come from the optional :mod:`sciinr.bench` package, imported only when that
+    command runs (or ``bench`` is true).
+    """
     parser = _Parser(
         allow_abbrev=False,
         prog="sciinr",
@@ -647,8 +651,6 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_demo)
 
-    from .bench.run import add_arguments as add_bench_arguments
-
     p = sub.add_parser(
         allow_abbrev=False,
         name="bench",
@@ -656,14 +658,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sweep sciinr and the baselines on one field; write CSV, PNG, JSON and a "
         "summary (ratio at 40/50/60 dB) to ./<dataset>/ (or -o DIR).",
     )
-    add_bench_arguments(p)
+    if bench:
+        from .bench.run import add_arguments as add_bench_arguments
+
+        add_bench_arguments(p)
     common(p)
     p.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    parser = build_parser(bench=words[:1] == ["bench"])
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * args.verbose if not args.quiet else logging.ERROR
     logging.basicConfig(

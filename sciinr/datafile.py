@@ -132,7 +132,7 @@ class DatasetFile:
     """
 
     def __init__(self, source: bytes | str | Path, device: str = "auto"):
-        data, self.source = api._read_source(source)
+        data, self.source = api.read_source(source)
         self.header, self._sections = container.unpack(data, self.source)
         if not dataset.is_dataset(self.header):
             raise InputError(f"{self.source}: a single-field file, not a dataset file")

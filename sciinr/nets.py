@@ -10,6 +10,7 @@ not into every activation): :func:`siren_eval` (forward only, in place) for deco
 evaluation, :func:`siren_loss_grad` (forward and backward written out, no autograd graph) for
 training. Both are plain device-agnostic torch: the same code runs on CPU and CUDA, and
 :func:`siren_loss_grad` is a pure function that :func:`torch.compile` can fuse.
+:func:`siren_forward` is the plain autograd version both are tested against.
 
 No I/O, no training loop: see :mod:`sciinr.stages.fit` and :mod:`sciinr.stages.decode`.
 """
@@ -24,43 +25,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-
-COORD_DIM = 4  # (t, z, y, x) inside a block, each in [-1, 1]
-
-
-@dataclass(frozen=True)
-class NetShape:
-    """Architecture shared by all networks of one file."""
-
-    n_nets: int
-    n_blocks: int
-    latent_dim: int
-    width: int
-    depth: int  # hidden layers after the first one
-    omega0: float
-
-    def param_names(self) -> list[str]:
-        names = ["w_in", "w_lat", "b_in"]
-        for i in range(self.depth):
-            names += [f"w_h{i}", f"b_h{i}"]
-        return [*names, "w_out", "b_out"]
-
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        n, w = self.n_nets, self.width
-        shapes: dict[str, tuple[int, ...]] = {
-            "w_in": (n, COORD_DIM, w),
-            "w_lat": (n, self.latent_dim, w),
-            "b_in": (n, 1, w),
-        }
-        for i in range(self.depth):
-            shapes[f"w_h{i}"] = (n, w, w)
-            shapes[f"b_h{i}"] = (n, 1, w)
-        shapes["w_out"] = (n, w, 1)
-        shapes["b_out"] = (n, 1, 1)
-        return shapes
-
-    def n_params(self) -> int:
-        return sum(math.prod(s) for s in self.param_shapes().values())
+from .payloads import COORD_DIM, NetShape  # torch-free, so payloads need no torch
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -116,7 +81,7 @@ class BatchedSiren(nn.Module):
         self.latents = nn.Parameter(lat)
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """The effective stacked parameters used by :meth:`forward`.
+        """The effective stacked parameters (what :func:`fold` folds for the kernels).
 
         Subclasses (pruned or weight-shared networks, see :mod:`sciinr.stages.shrink`) override
         this to build the weights from masks or codebooks; training then updates whatever
@@ -135,30 +100,6 @@ class BatchedSiren(nn.Module):
         """
         w_lat = self.weights()["w_lat"][block_net]  # (n_blocks, L, W)
         return torch.bmm(self.latent_table().unsqueeze(1), w_lat).squeeze(1)
-
-    def forward(self, coords: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """Evaluate all networks.
-
-        Parameters
-        ----------
-        coords : Tensor (n_nets, S, 4)
-            Block-local coordinates of S samples per network.
-        bias : Tensor (n_nets, S, width)
-            Per-sample first-layer bias: ``block_bias`` gathered at each sample's block.
-
-        Returns
-        -------
-        Tensor (n_nets, S)
-            Normalized values in roughly [-1, 1].
-        """
-        p = self.weights()
-        w0 = self.shape.omega0
-        h = torch.baddbmm(bias + p["b_in"], coords, p["w_in"])
-        h = torch.sin(w0 * h)
-        for i in range(self.shape.depth):
-            h = torch.sin(w0 * torch.baddbmm(p[f"b_h{i}"], h, p[f"w_h{i}"]))
-        out = torch.baddbmm(p["b_out"], h, p["w_out"])
-        return out.squeeze(-1)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """All effective parameters as float32 NumPy arrays (name -> array), latents included."""
@@ -278,7 +219,11 @@ def _first_layer(
 
 
 def siren_forward(folded: Folded, bias: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """Differentiable forward pass; arguments and result as in :func:`siren_eval`."""
+    """The plain forward pass, differentiable by autograd; arguments as in :func:`siren_eval`.
+
+    The reference the fast kernels are held to: :func:`siren_eval` must give its values and
+    :func:`siren_loss_grad` the gradients autograd takes through it (``tests/test_nets.py``).
+    """
     n, g, width = bias.shape
     h = _first_layer(folded, coords)
     s = h.shape[1] // g
@@ -393,46 +338,6 @@ def siren_loss_grad(
     grad_w_in = torch.bmm(x.transpose(1, 2), g_z)
     grad_bias = g_z.view(n, g, s, width).sum(2)
     return loss, [grad_w_in, *grads_hidden, grad_w_out, grad_b_out], grad_bias
-
-
-def forward_blocks(
-    params: dict[str, torch.Tensor],
-    latents: torch.Tensor,
-    shape: NetShape,
-    nets: torch.Tensor,
-    blocks: torch.Tensor,
-    coords: torch.Tensor,
-) -> torch.Tensor:
-    """Evaluate selected blocks on one shared coordinate grid (decoding and evaluation).
-
-    Differentiable when grad mode is on and a parameter requires grad; otherwise it takes the
-    in-place :func:`siren_eval` path.
-
-    Parameters
-    ----------
-    params : dict of Tensor
-        Stacked parameters as in :meth:`NetShape.param_shapes`.
-    latents : Tensor (n_blocks, latent_dim)
-    shape : NetShape
-    nets : Tensor (B,) long
-        Network of each selected block.
-    blocks : Tensor (B,) long
-        Latent row of each selected block.
-    coords : Tensor (S, 4)
-        Block-local coordinates, the same for every selected block.
-
-    Returns
-    -------
-    Tensor (B, S)
-    """
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (latents, *params.values())):
-        folded = fold(params, shape).select(nets)
-        bias = block_bias(params, latents, shape, nets, blocks).unsqueeze(1)  # (B, 1, W)
-        return siren_forward(folded, bias, coords)
-    with torch.no_grad():
-        folded = fold(params, shape).select(nets)
-        bias = block_bias(params, latents, shape, nets, blocks).unsqueeze(1)
-        return siren_eval(folded, bias, coords)
 
 
 def local_coords(

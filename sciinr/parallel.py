@@ -110,7 +110,7 @@ def _lazy(arr: Any, region: list[tuple[int, int]], chunks: Any) -> Any:
     from dask.base import tokenize
 
     source = arr._bytes if arr._bytes is not None else arr.source
-    device = "cpu" if arr._device == "auto" else arr._device
+    device = "cpu" if arr.device == "auto" else arr.device
     shape = tuple(b - a for a, b in region)
     offset = tuple(a for a, _ in region)
     reader = RegionReader(source, shape, arr.dtype, device, offset, variable=arr.variable)
@@ -158,9 +158,9 @@ def decode(
     the same voxels as by ``arr[key]``; the values equal a serial decode up to float32
     rounding (see :func:`to_dask`).
     """
-    from .api import _normalize_key
+    from .api import normalize_key
 
-    keys = _normalize_key(key, arr.shape)
+    keys = normalize_key(key, arr.shape)
     region, post = [], []
     for k in keys:
         if isinstance(k, int):

@@ -9,13 +9,49 @@ their shapes when built.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 
-from .nets import NetShape
+COORD_DIM = 4  # (t, z, y, x) inside a block, each in [-1, 1]
+
+
+@dataclass(frozen=True)
+class NetShape:
+    """Architecture shared by all networks of one file."""
+
+    n_nets: int
+    n_blocks: int
+    latent_dim: int
+    width: int
+    depth: int  # hidden layers after the first one
+    omega0: float
+
+    def param_names(self) -> list[str]:
+        names = ["w_in", "w_lat", "b_in"]
+        for i in range(self.depth):
+            names += [f"w_h{i}", f"b_h{i}"]
+        return [*names, "w_out", "b_out"]
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        n, w = self.n_nets, self.width
+        shapes: dict[str, tuple[int, ...]] = {
+            "w_in": (n, COORD_DIM, w),
+            "w_lat": (n, self.latent_dim, w),
+            "b_in": (n, 1, w),
+        }
+        for i in range(self.depth):
+            shapes[f"w_h{i}"] = (n, w, w)
+            shapes[f"b_h{i}"] = (n, 1, w)
+        shapes["w_out"] = (n, w, 1)
+        shapes["b_out"] = (n, 1, 1)
+        return shapes
+
+    def n_params(self) -> int:
+        return sum(math.prod(s) for s in self.param_shapes().values())
 
 
 @dataclass(frozen=True)

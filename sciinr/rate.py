@@ -31,7 +31,7 @@ from .config import Config
 from .errors import ConfigError
 from .metrics import psnr_from_mse, ratio, rmse_for_psnr
 from .payloads import Model, Volume
-from .stages import decode, residual
+from .stages import decode, entropy, residual
 
 logger = logging.getLogger(__name__)
 
@@ -63,18 +63,43 @@ class Networks:
     max_abs_error: float | None = None  # largest |original - decoded| of the networks alone
 
 
+@dataclass(frozen=True, eq=False)
+class Layer:
+    """A residual layer made for a file: the correction, its header entry and its sections."""
+
+    correction: residual.Correction
+    meta: dict[str, Any]  # header["residual"] (before the pipeline adds its split record)
+    sections: dict[str, bytes]
+
+    @property
+    def n_bytes(self) -> int:
+        return sum(len(v) for v in self.sections.values())
+
+    @property
+    def sse(self) -> float:
+        return self.correction.sse
+
+    @property
+    def max_error(self) -> float:
+        return self.correction.max_error
+
+    @property
+    def n_exact(self) -> int:
+        return self.correction.n_exact
+
+
 @dataclass(frozen=True)
 class Choice:
     """What :func:`choose` keeps: networks, their residual (or None) and the sizes tried."""
 
     networks: Networks
     split: int | None  # entry of ``bound.split``; None: the configured networks
-    correction: residual.Correction | None
+    correction: Layer | None
     tried: tuple[dict[str, Any], ...] = ()
 
 
 NetworkStage = Callable[[Config], Networks]
-FileSize = Callable[[Networks, "int | None", "residual.Correction | None"], int]
+FileSize = Callable[[Networks, "int | None", "Layer | None"], int]
 
 
 def choose(volume: Volume, cfg: Config, networks: NetworkStage, file_size: FileSize) -> Choice:
@@ -119,7 +144,7 @@ def choose(volume: Volume, cfg: Config, networks: NetworkStage, file_size: FileS
         cand = _Candidate.of(networks(net_cfg), split, cfg)
         net = cand.networks
         if err is not None:
-            corr: residual.Correction | None = _correct(volume, cand, max_error=err)
+            corr: Layer | None = _correct(volume, cand, max_error=err)
         else:
             fits, corr, smallest = _for_ratio(
                 volume, cand, bound.ratio, lambda c, net=net, split=split: file_size(net, split, c)
@@ -298,22 +323,26 @@ def _correct(
     max_error: float | None = None,
     step: float | None = None,
     verify: bool = True,
-) -> residual.Correction:
+) -> Layer:
     if max_error is None:
         max_error = residual.max_error_for(step, float(np.abs(volume.data).max()))
-    return residual.encode(
+    corr = residual.fit(
         volume.data,
         cand.prediction,
-        cand.chunk,
         max_error,
-        cand.margin,
+        chunk=cand.chunk,
+        margin=cand.margin,
         step=step,
-        verify=verify,
         valid=volume.mask,
     )
+    meta, sections = entropy.encode_residual(corr)
+    if verify:  # decode the coded bytes as a reader will and check the bound everywhere
+        codes = entropy.ResidualCodes(meta, sections, volume.data.shape)
+        residual.check(volume.data, cand.prediction, codes, volume.mask)
+    return Layer(corr, meta, sections)
 
 
-def _topup(volume: Volume, cfg: Config, cand: _Candidate) -> residual.Correction:
+def _topup(volume: Volume, cfg: Config, cand: _Candidate) -> Layer:
     """The coarsest residual that lifts the networks' file to the PSNR target."""
     lo, hi = volume.value_range
     step = step_for_psnr(volume.data, cand.prediction, cfg.psnr, hi - lo, volume.mask)
@@ -330,8 +359,8 @@ def _for_ratio(
     volume: Volume,
     cand: _Candidate,
     target: float,
-    size: Callable[[residual.Correction], int],
-) -> tuple[bool, residual.Correction | None, int]:
+    size: Callable[[Layer], int],
+) -> tuple[bool, Layer | None, int]:
     """The residual with the finest step whose file stays within the tolerance of the ratio.
 
     Returns (fits, residual or None for the networks alone, smallest file size in bytes).

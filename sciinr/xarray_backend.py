@@ -136,7 +136,7 @@ class SinrBackendEntrypoint(BackendEntrypoint):
             Where the networks are evaluated.
         """
         path = os.fspath(filename_or_obj)
-        data, name = api._read_source(path)
+        data, name = api.read_source(path)
         header, sections = container.unpack(data, name)
         if dataset.is_dataset(header):
             variables, attrs = _variables_of_dataset_file(path, header, sections, device)

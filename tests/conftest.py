@@ -54,6 +54,39 @@ def tiny(psnr: float = 30.0, **changes) -> Config:
     return Config(psnr=psnr).replace(**{**TINY, **changes})
 
 
+MICRO = {
+    "base.kind": "none",  # these settings exercise the block networks
+    "partition.block": (2, 4, 4, 4),
+    "fit.width": 8,
+    "fit.depth": 1,
+    "fit.latent_dim": 2,
+    "fit.max_steps": 10,
+    "fit.eval_every": 5,
+    "fit.samples_per_net": 128,
+    "fit.device": "cpu",
+    "cluster.blocks_per_net": 2,
+}
+
+
+def micro(psnr: float = 20.0, **changes) -> Config:
+    """The smallest real files (ten training steps): for format, fuzzing and refusal tests."""
+    return Config(psnr=psnr).replace(**{**MICRO, **changes})
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one torch thread is faster, and far faster on a loaded machine.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def tiny_config() -> Config:
     return tiny()

@@ -4,7 +4,7 @@ Each file is well formed (valid JSON, every CRC right, every section present) an
 (a few kB); its header declares counts that the format's coders can carry in a few bytes
 (constant streams, ANS runs from an empty state, zstd frames that expand 32768-fold) and that
 would cost gigabytes or minutes to decode. The decode budget (``sciinr/stages/budget.py``)
-must refuse each when it is opened. Used by ``tests/test_budget.py`` and as seeds of
+must refuse each when it is opened. Used by ``tests/stages/test_budget.py`` and as seeds of
 ``benchmarks/fuzz.py``.
 """
 

@@ -9,20 +9,10 @@ from sciinr.metrics import psnr
 
 @pytest.fixture(scope="module")
 def compressed():
-    from .conftest import smooth_field
+    from .conftest import smooth_field, tiny
 
     field = smooth_field()
-    cfg = sciinr.Config(psnr=30.0).replace(
-        **{
-            "partition.block": (2, 8, 8, 8),
-            "fit.width": 16,
-            "fit.depth": 1,
-            "fit.samples_per_net": 512,
-            "fit.eval_every": 50,
-            "fit.max_steps": 3000,
-            "fit.device": "cpu",
-        }
-    )
+    cfg = tiny(psnr=30.0, **{"fit.max_steps": 3000})
     return field, sciinr.compress(field, config=cfg)
 
 

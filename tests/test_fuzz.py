@@ -16,7 +16,6 @@ import zlib
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +23,7 @@ import sciinr
 from sciinr import FormatError, InputError
 from sciinr.stages import container
 
-from .conftest import smooth_field
+from .conftest import micro, smooth_field
 
 DETECTED = r"corrupted|truncated|not a \.sinr|version|empty file"
 DECODE_LIMIT = 1 << 16  # values; a (crafted) larger field is only decoded in one corner
@@ -32,29 +31,10 @@ _PREFIX = struct.Struct("<8sHHI")
 
 
 def _tiny_config() -> sciinr.Config:
-    return sciinr.Config(psnr=20.0).replace(
-        **{
-            "base.kind": "none",
-            "partition.block": (2, 4, 4, 4),
-            "fit.width": 8,
-            "fit.depth": 1,
-            "fit.latent_dim": 2,
-            "fit.max_steps": 10,
-            "fit.eval_every": 5,
-            "fit.samples_per_net": 128,
-            "fit.device": "cpu",
-            "cluster.blocks_per_net": 2,
-        }
-    )
+    return micro()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one thread is faster, and far faster on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

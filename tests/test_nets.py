@@ -15,7 +15,6 @@ from sciinr.nets import (
     Workspace,
     block_bias,
     fold,
-    forward_blocks,
     local_coords,
     siren_eval,
     siren_forward,
@@ -37,6 +36,13 @@ def _reference(params, latents, shape, nets, blocks, coords):
     for i in range(shape.depth):
         h = torch.sin(w0 * (h @ params[f"w_h{i}"][nets] + params[f"b_h{i}"][nets]))
     return (h @ params["w_out"][nets] + params["b_out"][nets]).squeeze(-1)
+
+
+def _blocks(params, latents, nets, blocks, coords, fast=True):
+    """Selected blocks on one coordinate grid: the fast kernel, or the autograd reference."""
+    folded = fold(params, SHAPE).select(nets)
+    bias = block_bias(params, latents, SHAPE, nets, blocks).unsqueeze(1)
+    return siren_eval(folded, bias, coords) if fast else siren_forward(folded, bias, coords)
 
 
 def _problem(dtype=torch.float64):
@@ -89,13 +95,13 @@ def test_eval_equals_differentiable_forward_and_reference():
     nets, blocks = torch.tensor([0, 2, 1, 2]), torch.tensor([0, 5, 3, 6])
     coords = local_coords((2, 3, 4, 5)).double()
     want = _reference(p, lat, SHAPE, nets, blocks, coords).detach()
-    got = forward_blocks(p, lat, SHAPE, nets, blocks, coords)  # differentiable path
+    got = _blocks(p, lat, nets, blocks, coords, fast=False)  # differentiable path
     assert got.requires_grad
     torch.testing.assert_close(got.detach(), want)
     work = Workspace()
     with torch.no_grad():
         for _ in range(2):
-            fast = forward_blocks(p, lat, SHAPE, nets, blocks, coords)
+            fast = _blocks(p, lat, nets, blocks, coords)
             torch.testing.assert_close(fast, want)
             folded = fold(p, SHAPE).select(nets)
             bias = block_bias(p, lat, SHAPE, nets, blocks).unsqueeze(1)
@@ -110,9 +116,9 @@ def test_eval_in_float32_is_close_to_float64():
     net32 = _net(dtype=torch.float32)
     coords = local_coords((2, 4, 4, 4))
     args = (torch.tensor([0, 1, 2]), torch.tensor([1, 2, 6]))
-    a = forward_blocks(net64.weights(), net64.latent_table(), SHAPE, *args, coords.double())
     with torch.no_grad():
-        b = forward_blocks(net32.weights(), net32.latent_table(), SHAPE, *args, coords)
+        a = _blocks(net64.weights(), net64.latent_table(), *args, coords.double())
+        b = _blocks(net32.weights(), net32.latent_table(), *args, coords)
     assert float((a.detach() - b.double()).abs().max()) < 1e-4
 
 

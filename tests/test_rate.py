@@ -49,6 +49,16 @@ def test_plain_psnr_compression_runs_everything_once(calls):
     assert report.n_bytes == len(blob)
 
 
+def test_default_whole_field_base_packs_once_and_fits_no_network(calls):
+    field = smooth_field()
+    blob, report = api.compress_volume(sciinr.stages.read.read(field), sciinr.Config(psnr=30.0))
+    assert report.n_nets == 0  # the whole-field base served the target
+    assert report.psnr >= 30.0
+    assert calls["networks"] == []
+    assert calls["pack"] == [len(container.unpack(blob)[1])]
+    assert calls["decode"] == []  # the base's own evaluation measured the PSNR
+
+
 def test_psnr_topup_decodes_the_float64_prediction_once(calls):
     field = smooth_field()
     cfg = tiny(psnr=45.0, **{"fit.max_steps": 5, "shrink.prune": 0.0})

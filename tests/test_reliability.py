@@ -14,40 +14,23 @@ import h5py
 import netCDF4
 import numpy as np
 import pytest
-import torch
 
 import sciinr
 from sciinr import FormatError, InputError, OutputError
 from sciinr.cli import _identity, _interrupted, main
 from sciinr.stages import container, write
 
-from .conftest import smooth_field
+from .conftest import micro, smooth_field
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "v1.0.sinr"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _fast() -> sciinr.Config:
-    return sciinr.Config(psnr=20.0).replace(
-        **{
-            "partition.block": (2, 4, 4, 4),
-            "fit.width": 8,
-            "fit.depth": 1,
-            "fit.latent_dim": 2,
-            "fit.samples_per_net": 128,
-            "fit.max_steps": 10,
-            "fit.eval_every": 5,
-            "fit.device": "cpu",
-        }
-    )
+    return micro(**{"cluster.blocks_per_net": 4})
 
 
 def _one_line(capsys, argv: list[str], *needles: str) -> str:

@@ -290,6 +290,32 @@ def check_field_header(header: dict[str, Any], source: str = "<bytes>") -> None:
         raise FormatError(f"{source}: corrupted header (neither 'model' nor 'base')")
 
 
+def header_int(meta: dict[str, Any], key: str, lo: int, hi: int, what: str = "") -> int:
+    """``meta[key]``, an integer (not a bool) in ``lo..hi``, or :class:`FormatError`.
+
+    The one check of every integer a header entry holds (``what`` names the entry in the
+    message, e.g. ``"residual "``).
+    """
+    v = meta.get(key)
+    if type(v) is not int or not lo <= v <= hi:
+        raise FormatError(f"corrupted header ({what}{key} = {v!r} not in {lo}..{hi})")
+    return v
+
+
+def header_float(
+    meta: dict[str, Any], key: str, lo: float = -1e300, hi: float = 1e300, what: str = ""
+) -> float:
+    """``meta[key]``, a number (not a bool) in ``[lo, hi]``, as a float, or :class:`FormatError`.
+
+    The default range keeps ``float(v)`` of a JSON integer such as ``10**400`` from
+    overflowing.
+    """
+    v = meta.get(key)
+    if type(v) not in (int, float) or not lo <= v <= hi:
+        raise FormatError(f"corrupted header ({what}{key} = {v!r})")
+    return float(v)
+
+
 def _attr_value_ok(v: Any, depth: int) -> bool:
     """A string, number or bool, or a (nested, at most 8 deep) list of them."""
     if isinstance(v, str | int | float):  # bool is an int

@@ -69,6 +69,7 @@ def decode(
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"decode computes in float32 or float64, not {dtype}")
     tdtype = torch.float64 if dtype == np.float64 else torch.float32
+    dev = resolve_device(device)  # a bad device is refused even where nothing is evaluated
     shape4 = model.shape4
     if region is None:
         region = tuple((0, s) for s in shape4)
@@ -88,7 +89,6 @@ def decode(
     if not groups:
         return out
 
-    dev = resolve_device(device)
     net = model.net
     with torch.no_grad():
         arrays = {k: torch.from_numpy(v).to(dev, tdtype) for k, v in model.arrays.items()}

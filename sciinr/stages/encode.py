@@ -32,10 +32,10 @@ from ..errors import FormatError
 from ..nets import NetShape
 from ..payloads import BlockConstants, Model, Shrunk, dequantize_shared, dequantize_uniform
 from . import budget
-from .entropy import decode_ints, unzip_exact
-from .entropy import encode_ints as _encode_ints
+from .container import header_float as _float
+from .container import header_int as _int
+from .entropy import ZSTD_LEVEL, decode_ints, encode_ints, unzip_exact
 
-ZSTD_LEVEL = 19
 MAX_VALUES = 1 << 40  # largest field a header may describe
 MAX_BLOCKS = 1 << 31
 MAX_CODEBOOK = 1 << 12
@@ -62,18 +62,14 @@ def bytes_array(data: bytes, dtype: str, shape: tuple[int, ...], what: str) -> n
 
 
 def encode_model(
-    model: Model, shrunk: Shrunk | None = None, int_method: str = "best"
+    model: Model, shrunk: Shrunk | None = None
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Model -> (metadata for the header, sections).
 
     With ``shrunk`` (weight-shared networks) the indices, codebooks and quantized latents are
-    stored; without it, every parameter as float16. ``int_method`` picks the integer coder
-    (``best``, ``zstd`` or ``ans``; see :func:`~sciinr.stages.entropy.encode_ints`).
+    stored; without it (``shrink.bits = 0``), every parameter as float16. Integer streams
+    take the smaller of ANS and zstd (:func:`~sciinr.stages.entropy.encode_ints`).
     """
-
-    def encode_ints(v: np.ndarray) -> bytes:
-        return _encode_ints(v, method=int_method)
-
     net = model.net
     meta: dict[str, Any] = {
         "shape4": list(model.shape4),
@@ -120,20 +116,6 @@ def encode_model(
         sections["params"] = array_bytes(params.astype(np.float16))
         sections["latents"] = array_bytes(model.arrays["latents"].astype(np.float16))
     return meta, sections
-
-
-def _int(meta: dict[str, Any], key: str, lo: int, hi: int) -> int:
-    v = meta.get(key)
-    if type(v) is not int or not lo <= v <= hi:
-        raise FormatError(f"corrupted header ({key} = {v!r} not in {lo}..{hi})")
-    return v
-
-
-def _float(meta: dict[str, Any], key: str) -> float:
-    v = meta.get(key)
-    if type(v) not in (int, float) or not -1e300 < v < 1e300:  # no float(10**400) overflow
-        raise FormatError(f"corrupted header ({key} = {v!r})")
-    return float(v)
 
 
 def validate_meta(meta: Any) -> tuple[tuple[int, ...], tuple[int, ...], NetShape]:
@@ -184,6 +166,33 @@ def validate_meta(meta: Any) -> tuple[tuple[int, ...], tuple[int, ...], NetShape
             raise FormatError("corrupted header (codebook sizes)")
         _int(meta, "latent_bits", 1, 16)
     return tuple(shape4), tuple(block), shape
+
+
+def describe(meta: dict[str, Any], net: NetShape, sizes: dict[str, int]) -> dict[str, Any]:
+    """``sciinr.info`` entries of the networks of a file (``meta`` checked by validate_meta).
+
+    ``sizes`` are the file's section sizes; the networks' own sections (parameters,
+    codebooks, latents) give ``bits_per_parameter``.
+    """
+    n_params = net.n_params() + net.n_blocks * net.latent_dim
+    own = [*(f"idx_{n}" for n in net.param_names()), "codebooks", "latent_q", "latent_scale"]
+    own += ["params", "latents"]
+    net_bytes = sum(sizes.get(k, 0) for k in own)
+    return {
+        "networks": net.n_nets,
+        "fitted_blocks": net.n_blocks,
+        "block": meta.get("block"),
+        "parameters": n_params,
+        "parameter_encoding": meta.get("params_dtype"),
+        "sparsity": meta.get("sparsity", 0.0),
+        "bits_per_parameter": 8 * net_bytes / max(n_params, 1),
+        "architecture": {
+            "width": net.width,
+            "depth": net.depth,
+            "latent_dim": net.latent_dim,
+            "omega0": net.omega0,
+        },
+    }
 
 
 def _need(sections: dict[str, bytes], names: list[str]) -> None:

@@ -26,12 +26,11 @@ import numpy as np
 import zstandard
 
 from ..errors import FormatError
-from .entropy import unzip_exact
+from .entropy import ZSTD_LEVEL, unzip_exact
 
 SECTION = "mask"
 VERSION = (2, 0)  # format version of a file with a mask (a 1.x reader would ignore it)
 CODINGS = ("bits", "delta")
-ZSTD_LEVEL = 19
 
 
 def slab_bytes(shape4: tuple[int, ...]) -> int:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ...config import FitConfig, ShrinkConfig
-from ...nets import forward_blocks, local_coords, resolve_device
+from ...nets import block_bias, fold, local_coords, resolve_device, siren_eval
 from ...payloads import Assignment, Blocks, Fitted, Shrunk, dequantize_shared, dequantize_uniform
 from .. import fit as fit_stage
 from .prune import MaskedSiren, importance, masks_for, prunable
@@ -46,9 +46,11 @@ def net_errors(
     sse = np.zeros(blocks.n_fit)
     chunk = max(1, (1 << 22) // max(1, coords.shape[0] * shape.width))
     with torch.no_grad():
+        folded = fold(params, shape)
         for s in range(0, blocks.n_fit, chunk):
             ids = torch.arange(s, min(blocks.n_fit, s + chunk), device=device)
-            pred = forward_blocks(params, latents, shape, bn[ids], ids, coords).clamp(-1, 1)
+            bias = block_bias(params, latents, shape, bn[ids], ids).unsqueeze(1)
+            pred = siren_eval(folded.select(bn[ids]), bias, coords).clamp(-1, 1)
             target = torch.from_numpy(blocks.values[s : s + len(ids)]).to(device)
             err = (pred - target).double().square()
             if blocks.mask is None:

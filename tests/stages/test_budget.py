@@ -25,9 +25,9 @@ import sciinr
 from sciinr import FormatError
 from sciinr.stages import budget, entropy
 
-from . import crafted
+from .. import crafted
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden" / "v1.0.sinr"
 MAX_RSS_ABOVE_BASELINE = 200 << 20
 MAX_CPU_SECONDS = 2.0

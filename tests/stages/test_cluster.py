@@ -3,7 +3,7 @@ import numpy as np
 from sciinr.config import ClusterConfig, PartitionConfig
 from sciinr.stages import cluster, partition, read
 
-from .conftest import smooth_field
+from ..conftest import smooth_field
 
 
 def _blocks(n_t=8):

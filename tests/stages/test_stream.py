@@ -14,7 +14,7 @@ from sciinr import ConfigError, InputError, cli, scale
 from sciinr.metrics import psnr, rmse_for_psnr
 from sciinr.stages import container, partition, read, stream
 
-from .conftest import smooth_field, tiny
+from ..conftest import smooth_field, tiny
 
 
 @pytest.fixture(scope="module")

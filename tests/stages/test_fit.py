@@ -12,7 +12,7 @@ from sciinr.nets import BatchedSiren, siren_forward
 from sciinr.payloads import Model
 from sciinr.stages import cluster, decode, fit, partition, read
 
-from .conftest import smooth_field
+from ..conftest import smooth_field
 
 FIT = FitConfig(
     width=16,

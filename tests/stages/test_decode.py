@@ -8,11 +8,11 @@ import torch
 
 from sciinr.config import ClusterConfig, FitConfig, PartitionConfig
 from sciinr.metrics import rmse_for_psnr
-from sciinr.nets import forward_blocks, local_coords
+from sciinr.nets import block_bias, fold, local_coords, siren_forward
 from sciinr.payloads import Model
 from sciinr.stages import cluster, decode, fit, partition, read
 
-from .conftest import smooth_field
+from ..conftest import smooth_field
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def model():
 
 
 def _reference(model: Model) -> np.ndarray:
-    """Every block evaluated alone with forward_blocks, assembled with NumPy."""
+    """Every block evaluated alone with the autograd reference forward, assembled with NumPy."""
     params = {k: torch.from_numpy(v) for k, v in model.arrays.items() if k != "latents"}
     latents = torch.from_numpy(model.arrays["latents"])
     coords = local_coords(model.block)
@@ -47,7 +47,9 @@ def _reference(model: Model) -> np.ndarray:
             continue
         net = torch.tensor([int(model.block_net[fid])])
         with torch.no_grad():
-            pred = forward_blocks(params, latents, model.net, net, torch.tensor([fid]), coords)
+            folded = fold(params, model.net).select(net)
+            bias = block_bias(params, latents, model.net, net, torch.tensor([fid])).unsqueeze(1)
+            pred = siren_forward(folded, bias, coords)
         grid[bid] = (lo + (pred.clamp(-1, 1).double().numpy() + 1) * (hi - lo) / 2).reshape(
             model.block
         )

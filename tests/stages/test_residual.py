@@ -7,27 +7,17 @@ import torch
 import sciinr
 from sciinr import Config, ConfigError, FormatError
 from sciinr.metrics import psnr
-from sciinr.nets import forward_blocks, local_coords
-from sciinr.stages import container, residual
+from sciinr.nets import block_bias, fold, local_coords, siren_eval
+from sciinr.stages import container, entropy, residual
 
-from .conftest import smooth_field
+from ..conftest import smooth_field, tiny
 
 CHUNK = (2, 4, 8, 8)
 
 
 def _fast(**changes) -> Config:
-    base = {
-        "base.kind": "none",
-        "partition.block": (2, 8, 8, 8),
-        "fit.width": 16,
-        "fit.depth": 1,
-        "fit.samples_per_net": 256,
-        "fit.eval_every": 10,
-        "fit.max_steps": 20,
-        "fit.device": "cpu",
-        "bound.split": (1,),
-    }
-    return Config(psnr=30.0).replace(**{**base, **changes})
+    base = {"fit.samples_per_net": 256, "fit.eval_every": 10, "fit.max_steps": 20}
+    return tiny(**{**base, "bound.split": (1,), **changes})
 
 
 def _front(shape=(3, 8, 16, 16)) -> np.ndarray:
@@ -36,17 +26,24 @@ def _front(shape=(3, 8, 16, 16)) -> np.ndarray:
     return (np.where(x + 0.5 * y > 6 + 3 * t, 100.0, 0.0) + 0.1 * z).astype(np.float32)
 
 
+def _code(original, prediction, max_error, margin=0.0, chunk=CHUNK):
+    """fit -> entropy coding -> the reader of the coded sections, as a file gets them."""
+    corr = residual.fit(original, prediction, max_error, chunk=chunk, margin=margin)
+    meta, sections = entropy.encode_residual(corr)
+    return corr, meta, sections, entropy.ResidualCodes(meta, sections, original.shape)
+
+
 def _check_layer(original, prediction, max_error, margin=0.0, chunk=CHUNK):
-    corr = residual.encode(original, prediction, chunk, max_error, margin)
-    layer = residual.Layer(corr.meta, corr.sections, original.shape)
+    corr, meta, sections, layer = _code(original, prediction, max_error, margin, chunk)
     full = tuple((0, s) for s in original.shape)
-    out = layer.apply(prediction, full)
+    out = residual.apply(prediction, layer, full)
     assert out.dtype == np.float32
     assert np.abs(out.astype(np.float64) - original).max() <= max_error
+    residual.check(original, prediction, layer)
     region = tuple((n // 3, n - n // 4) for n in original.shape)
-    sub = layer.apply(prediction[tuple(slice(a, b) for a, b in region)], region)
+    sub = residual.apply(prediction[tuple(slice(a, b) for a, b in region)], layer, region)
     np.testing.assert_array_equal(sub, out[tuple(slice(a, b) for a, b in region)])
-    return corr, out
+    return corr, meta, sections, out
 
 
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
@@ -55,9 +52,9 @@ def test_bound_holds_on_random_fields(scale):
     original = (rng.standard_normal((3, 8, 16, 16)) * scale).astype(np.float32)
     # a poor prediction with heavy tails: exercises large integers and escapes
     prediction = original + rng.standard_cauchy(original.shape) * scale * 0.1
-    corr, _ = _check_layer(original, prediction, 1e-3 * scale)
+    corr, meta, _, _ = _check_layer(original, prediction, 1e-3 * scale)
     assert corr.n_exact == 0
-    assert corr.meta["alphabet_half"] >= 1
+    assert meta["alphabet_half"] >= 1
 
 
 def test_bound_holds_on_sharp_fronts():
@@ -73,8 +70,8 @@ def test_interpolation_and_lorenzo_chunks_both_decode_within_bound():
     flat = np.full(field.shape, float(field.mean()))
     noisy = field + np.random.default_rng(2).normal(0, 30, field.shape)
     for prediction, bound in ((flat, 1.0), (noisy, 0.5)):
-        corr, _ = _check_layer(field, prediction, bound, chunk=field.shape)
-        layer = residual.Layer(corr.meta, corr.sections, field.shape)
+        *_, layer = _code(field, prediction, bound, chunk=field.shape)
+        _check_layer(field, prediction, bound, chunk=field.shape)
         used = set(layer.index["transform"][layer.index["method"] != 0].tolist())
         assert used, "nothing was coded"
         if prediction is flat:  # a smooth residual at a coarse bound: interpolation wins
@@ -87,15 +84,15 @@ def test_integers_beyond_the_quantizer_store_voxels_exactly():
     original = np.full((2, 4, 8, 8), 1.0e6, np.float32)
     original[0, 0, 0, :4] += np.float32(0.0625) * np.arange(4, dtype=np.float32)
     # |residual| / step ~ 1e10 > 2**31: those voxels are stored as they are
-    corr, out = _check_layer(original, np.zeros(original.shape), 1e-4)
+    corr, _, _, out = _check_layer(original, np.zeros(original.shape), 1e-4)
     assert corr.n_exact == original.size
     np.testing.assert_array_equal(out, original)
 
 
 def test_all_zero_residual_costs_almost_nothing():
     original = smooth_field(t=2, z=4, y=16, x=16)
-    corr, out = _check_layer(original, original.astype(np.float64), 0.5)
-    assert corr.sections["residual_codes"] == b""
+    _, _, sections, out = _check_layer(original, original.astype(np.float64), 0.5)
+    assert sections["residual_codes"] == b""
     np.testing.assert_array_equal(out, original)
 
 
@@ -113,8 +110,10 @@ def test_forward_error_bound_covers_float32_evaluation():
     y = {}
     for dt in (torch.float32, torch.float64):
         params = {k: torch.from_numpy(v).to(dt) for k, v in model.arrays.items()}
-        coords = local_coords(model.block).to(dt)
-        y[dt] = forward_blocks(params, params["latents"], model.net, nets, ids, coords).double()
+        coords = local_coords(model.block, dtype=dt)
+        bias = block_bias(params, params["latents"], model.net, nets, ids).unsqueeze(1)
+        folded = fold(params, model.net).select(nets)
+        y[dt] = siren_eval(folded, bias, coords).double()
     diff = (y[torch.float32] - y[torch.float64]).abs().amax(dim=1).numpy()
     assert np.all(diff <= bound32[model.block_net])
     assert 0 < residual.prediction_margin(model) < 1e-9 * (field.max() - field.min())

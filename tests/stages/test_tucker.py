@@ -10,7 +10,7 @@ from sciinr.metrics import psnr
 from sciinr.stages import coefficients as cc
 from sciinr.stages import tucker
 
-from .conftest import smooth_field
+from ..conftest import smooth_field
 
 
 def _target_mse(x: np.ndarray, db: float) -> float:
