@@ -24,6 +24,7 @@ from . import api
 from ._version import __version__
 from .config import BoundConfig, Config
 from .errors import SciinrError
+from .metrics import ratio as file_ratio
 from .stages import read, write
 
 logger = logging.getLogger("sciinr")
@@ -202,11 +203,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
                 _print_report(report, None, name=name)
             if len(reports) > 1:
                 n_values = sum(r.n_values for r in reports.values())
+                total = file_ratio(n_values, len(blob))
                 print()
                 _line(
                     "total",
-                    f"{n_values / len(blob):.1f}x  ({len(blob):,} bytes for {n_values:,} "
-                    "values, coordinates and attributes included)",
+                    f"{total:.1f}x  ({len(blob):,} bytes for {n_values:,} values, "
+                    "coordinates and attributes included)",
                 )
         return 0
     if names is not None and (len(names) > 1 or names == ["all"]):

@@ -211,3 +211,24 @@ def test_corrupted_dataset_header_is_a_format_error(sample):
     )
     with pytest.raises(FormatError, match="missing sections"):
         f.raw("time")
+
+
+def test_cli_report_of_a_dataset(tmp_path, capsys):
+    src = tmp_path / "in.nc"
+    make_dataset(src)
+    out = tmp_path / "o.sinr"
+    args = ["compress", str(src), "--var", "all", "-o", str(out), "--block", "2,8,8,8"]
+    args += ["--width", "16", "--depth", "1", "--max-steps", "300", "--device", "cpu"]
+    assert main([*args, "--psnr", "25"]) == 0
+    text = capsys.readouterr().out
+    blocks = text.split("\n\n")
+    assert [b.split()[1] for b in blocks[1:3]] == ["theta", "wind"]
+    assert "dims          time=4 z=8 y=16 x=16" in blocks[1]
+    n_values = 2 * 4 * 8 * 16 * 16
+    total = blocks[3].split()
+    assert total[0] == "total"
+    assert float(total[1].rstrip("x")) == pytest.approx(4 * n_values / out.stat().st_size, abs=0.05)
+    assert main(["info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert "lossless      time, z, y, y_bnds, x, x_bnds, crs, lat" in info
+    assert info.count("no pointwise guarantee") == 2

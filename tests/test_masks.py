@@ -50,13 +50,15 @@ def _masks() -> dict[str, np.ndarray]:
     return {"random": rng.random(SHAPE) < 0.1, "land": land}
 
 
+@pytest.mark.parametrize("base", ["none", "tucker"])
 @pytest.mark.parametrize("kind", ["random", "land"])
-def test_masked_array_round_trip(kind):
+def test_masked_array_round_trip(kind, base):
     field = _field()
     missing = _masks()[kind]
     data = field.copy()
     data[missing] = 1e20  # netCDF4's default fill: must not reach the fit or the PSNR
-    blob = sciinr.compress(np.ma.MaskedArray(data, mask=missing), config=tiny(30.0))
+    cfg = tiny(30.0, **{"base.kind": base})  # block networks, or the whole-field base
+    blob = sciinr.compress(np.ma.MaskedArray(data, mask=missing), config=cfg)
     out = sciinr.decompress(blob, device="cpu")
     assert isinstance(out, np.ma.MaskedArray)
     np.testing.assert_array_equal(np.ma.getmaskarray(out), missing)
@@ -362,3 +364,16 @@ def test_streaming_compression_refuses_missing_values_clearly(tmp_path):
     cfg = tiny(25.0).replace(**{"scale.group_values": 2048})
     with pytest.raises(InputError, match="NaN values, which out-of-core compression"):
         scale.compress_source(src, cfg)
+
+
+def test_psnr_topup_reaches_the_target_over_valid_voxels():
+    field = _field()
+    missing = _masks()["random"]
+    data = field.copy()
+    data[missing] = 1e20
+    cfg = tiny(45.0, **{"fit.max_steps": 5, "shrink.prune": 0.0})  # networks fall short
+    blob = sciinr.compress(np.ma.MaskedArray(data, mask=missing), config=cfg)
+    out = sciinr.decompress(blob)
+    assert sciinr.info(blob)["residual"]["mode"] == "psnr"
+    np.testing.assert_array_equal(np.ma.getmaskarray(out), missing)
+    assert psnr(field, out.data, ~missing) >= 45.0
