@@ -5,6 +5,15 @@ other exception (or a warning, which this script turns into an error), a decoded
 the wrong shape or dtype, or a non-finite decoded value is counted as a crash and its input
 is saved.
 
+Resource oracle: an input whose decode (open, info, every decompress of it) raises this
+process's peak RSS by more than ``128 MiB + 64 x file size + 48 x values decoded`` bytes (the
+decode budget of docs/format.md, part 8.1, with the output's temporaries), or takes more CPU
+time than ``2 s + 1e-4 s x (blocks and chunks touched) + (multiply-adds of the networks
+evaluated) / 2e8``, is a crash too. The peak
+is measured by resetting the kernel's high-water mark (``/proc/self/clear_refs``) before each
+input and reading ``VmHWM`` after it (Linux); the address space is capped so that a runaway
+allocation raises ``MemoryError`` (a crash) instead of stopping the campaign.
+
 Engine: atheris (coverage-guided libFuzzer over sciinr's own bytecode) with a
 structure-aware mutator. Each mutated input is, at random:
 
@@ -57,6 +66,15 @@ sys.path.insert(0, str(ROOT))  # this checkout's sciinr, not another installed c
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = RESULTS / "tmp" / "fuzz"
 DECODE_LIMIT = 1 << 20  # values: larger claimed fields decode only a small corner
+WORK_LIMIT = 1 << 30  # multiply-adds: a costlier full decode is replaced by a corner
+MEMORY_BASE = 128 << 20  # resource oracle (docs/format.md, part 8.1)
+MEMORY_PER_FILE_BYTE = 64
+MEMORY_PER_VALUE = 48  # decoded value: result, float64 prediction, residual, cast
+SECONDS_BASE = 2.0  # CPU seconds any input may take
+SECONDS_PER_TILE = 1e-4  # a decode walks the blocks and chunks it touches in Python
+MACS_PER_SECOND = 2e8  # a floor on one core's speed for the networks' multiply-adds
+TILE_LIMIT = 1 << 14  # blocks + chunks: a field with more decodes only a corner
+ADDRESS_SPACE_HEADROOM = 6 << 30  # bytes of address space beyond the start: then MemoryError
 
 MAGIC = b"\x89SINR\r\n\x1a"
 PREFIX = struct.Struct("<8sHHI")
@@ -91,6 +109,7 @@ def make_seeds() -> dict[str, bytes]:
             "fit.eval_every": 10,
             "fit.device": "cpu",
             "cluster.blocks_per_net": 2,
+            "base.kind": "none",  # block networks; the Tucker seed below sets it back
         }
         base.update(kw)
         return sciinr.Config(psnr=20.0).replace(**base)
@@ -108,12 +127,17 @@ def make_seeds() -> dict[str, bytes]:
             (wave[:, 0] * 1e3).astype(np.float64), dims=("time", "y", "x"), config=cfg()
         ),
     }
+    seeds["tucker_base"] = sciinr.compress(wave, config=cfg(**{"base.kind": "tucker"}))
     seeds["residual_only"] = sciinr.compress(
         wave, config=cfg(**{"bound.max_error": 0.05, "bound.split": (0,)})
     )
     seeds["residual_nets"] = sciinr.compress(
         wave, config=cfg(**{"bound.rel_error": 0.01, "bound.split": (1,)})
     )
+    from tests import crafted  # tiny files that declare huge decodes
+
+    for name, make in crafted.CASES.items():
+        seeds[f"crafted_{name}"] = make()
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "attrs.h5"
         with h5py.File(p, "w") as fh:
@@ -360,6 +384,71 @@ def _mutate(data: bytes, max_size: int, seed: int, byte_mutate=None) -> bytes:
 # ------------------------------------------------------------------ harness
 
 
+class PeakMemory:
+    """Peak resident memory of this process since :meth:`reset` (Linux ``VmHWM``)."""
+
+    def __init__(self) -> None:
+        self.ok = True
+        try:
+            self.reset()
+        except OSError:
+            self.ok = False
+        self.base = 0
+
+    @staticmethod
+    def _status(key: str) -> int:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+        raise OSError(f"no {key} in /proc/self/status")
+
+    def reset(self) -> None:
+        with open("/proc/self/clear_refs", "w") as fh:  # 5: reset the peak RSS to the current
+            fh.write("5")
+        self.base = self._status("VmRSS:")
+
+    def rise(self) -> int:
+        """Bytes the peak rose above the resident size at the last reset."""
+        return max(0, self._status("VmHWM:") - self.base) if self.ok else 0
+
+
+def cap_address_space() -> None:
+    """A runaway allocation raises MemoryError (counted as a crash) instead of killing us."""
+    import resource
+
+    with contextlib.suppress(OSError, ValueError):
+        size = PeakMemory._status("VmSize:")
+        limit = size + ADDRESS_SPACE_HEADROOM
+        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+
+def tiles(arr, region: tuple[int, ...] | None = None) -> int:
+    """Blocks plus residual chunks a decode of ``region`` (a corner; default: all) touches."""
+    shape4 = arr._shape4
+    corner = region or tuple(shape4)
+    model = arr.header.get("model")  # none in a file whose field is a whole-field base
+    tilings = [model["block"]] if isinstance(model, dict) else []
+    residual = arr.header.get("residual")
+    if isinstance(residual, dict) and isinstance(residual.get("chunk"), list):
+        tilings.append(residual["chunk"])
+    return sum(
+        math.prod(-(-min(c, s) // t) for c, s, t in zip(corner, shape4, tile, strict=True))
+        for tile in tilings
+    )
+
+
+def network_macs(net, n_values: int) -> int:
+    """Multiply-adds of evaluating the networks at ``n_values`` voxels (an upper bound).
+
+    A file whose field is a whole-field (Tucker) base has no networks: 0.
+    """
+    if net is None:
+        return 0
+    w = net.width
+    return n_values * w * (4 + net.latent_dim + w * net.depth + 2)
+
+
 class Campaign:
     """Runs one input through sciinr's public decode path and keeps the tally."""
 
@@ -375,19 +464,25 @@ class Campaign:
         self.errors: collections.Counter[str] = collections.Counter()
         self.crashes: dict[str, dict] = {}
         self.slowest = (0.0, "")
+        self.heaviest = (0, "")  # (peak RSS rise in bytes, input digest)
+        self.memory = PeakMemory()
         self.t0 = time.time()
         self.rev = git_rev()  # the code under test: fixed when the campaign starts
         (WORK / "crashes").mkdir(parents=True, exist_ok=True)
         self.scratch = WORK / "scratch"
         self.scratch.mkdir(parents=True, exist_ok=True)
 
-    def decode(self, data: bytes) -> str:
+    def decode(self, data: bytes, asked: list[int]) -> str:
+        """Decode ``data`` every way; appends to ``asked`` (values, multiply-adds) decoded."""
         sciinr = self.sciinr
 
         arr = sciinr.open(data, device="cpu")
         sciinr.info(data)
         n = math.prod(arr.shape)
-        if n <= DECODE_LIMIT:
+        macs = network_macs(arr.net, n)
+        full = n <= DECODE_LIMIT and macs <= WORK_LIMIT and tiles(arr) <= TILE_LIMIT
+        asked[:] = [n, macs, 2 * tiles(arr)] if full else [0, 0, 0]  # full + last step
+        if full:
             out = sciinr.decompress(data, device="cpu")
             expect = arr.shape
             if arr.has_time:
@@ -402,21 +497,28 @@ class Campaign:
                 except sciinr.OutputError:
                     self.outcomes["write_refused"] += 1
         else:
-            key = tuple(slice(0, min(s, 3)) for s in arr.shape)
-            out = arr[key]
             expect = tuple(min(s, 3) for s in arr.shape)
+            corner = math.prod(expect)
+            pad = (1,) * (4 - len(expect))
+            region4 = (expect[0], *pad, *expect[1:]) if arr.has_time else (*pad, *expect)
+            asked[:] = [corner, network_macs(arr.net, corner), tiles(arr, region4)]
+            out = arr[tuple(slice(0, e) for e in expect)]
         if out.shape != expect or out.dtype != arr.dtype:
             raise AssertionError(f"decoded {out.shape} {out.dtype}, header {expect} {arr.dtype}")
         if not np.isfinite(out).all():
             raise AssertionError("decoded non-finite values")
-        return "decoded" if n <= DECODE_LIMIT else "decoded_corner"
+        return "decoded" if full else "decoded_corner"
 
     def __call__(self, data: bytes) -> None:
         t = time.perf_counter()
+        cpu = time.process_time()
+        asked = [0, 0, 0]
+        if self.memory.ok:
+            self.memory.reset()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
-                outcome = self.decode(data)
+                outcome = self.decode(data, asked)
         except self.sciinr.FormatError as exc:
             outcome = "format_error"
             self.errors[_kind(str(exc))] += 1
@@ -424,8 +526,22 @@ class Campaign:
             outcome = "crash"
             self._record_crash(data, exc)
         seconds = time.perf_counter() - t
+        cpu = time.process_time() - cpu
+        rise = self.memory.rise()
+        digest = hashlib.sha1(data).hexdigest()
         if seconds > self.slowest[0]:
-            self.slowest = (seconds, hashlib.sha1(data).hexdigest())
+            self.slowest = (seconds, digest)
+        if rise > self.heaviest[0]:
+            self.heaviest = (rise, digest)
+        n_values, macs, n_tiles = asked
+        memory_bound = MEMORY_BASE + MEMORY_PER_FILE_BYTE * len(data) + MEMORY_PER_VALUE * n_values
+        cpu_bound = SECONDS_BASE + SECONDS_PER_TILE * n_tiles + macs / MACS_PER_SECOND
+        if outcome != "crash" and rise > memory_bound:
+            outcome = "crash"
+            self._record_resource(data, "memory", f"peak RSS rose {rise} > {memory_bound} bytes")
+        elif outcome != "crash" and cpu > cpu_bound:
+            outcome = "crash"
+            self._record_resource(data, "time", f"{cpu:.2f} s CPU > {cpu_bound:.2f} s")
         self.outcomes[outcome] += 1
         self.count += 1
         if self.count % 2000 == 0 or self.count >= self.runs:
@@ -449,6 +565,14 @@ class Campaign:
         )
         item["count"] += 1
 
+    def _record_resource(self, data: bytes, kind: str, message: str) -> None:
+        digest = hashlib.sha1(data).hexdigest()
+        (WORK / "crashes" / f"{digest}.sinr").write_bytes(data)
+        item = self.crashes.setdefault(
+            f"resource: {kind}", {"count": 0, "example": digest, "message": message}
+        )
+        item["count"] += 1
+
     def write_stats(self) -> None:
         summary = {
             "command": self.command,
@@ -462,6 +586,16 @@ class Campaign:
             "crash_kinds": self.crashes,
             "format_errors_by_kind": dict(self.errors.most_common()),
             "slowest_input_seconds": round(self.slowest[0], 3),
+            "resource_oracle": {
+                "memory_bound": "128 MiB + 64 x file size + 48 x values decoded (peak RSS rise)",
+                "cpu_bound": "2 s + 1e-4 s x blocks and chunks touched + multiply-adds / 2e8",
+                "peak_rss_measured": self.memory.ok,
+                "largest_peak_rss_rise_bytes": self.heaviest[0],
+                "largest_peak_rss_rise_input": self.heaviest[1],
+                "resource_crashes": sum(
+                    c["count"] for k, c in self.crashes.items() if k.startswith("resource")
+                ),
+            },
         }
         self.stats_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.stats_path.with_suffix(".tmp")
@@ -519,10 +653,16 @@ def main() -> None:
 
     corpus = WORK / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
-    for name, blob in make_seeds().items():
+    seeds = make_seeds()
+    for name, blob in seeds.items():
         (corpus / f"seed_{name}.sinr").write_bytes(blob)
     command = "python benchmarks/fuzz.py " + " ".join(sys.argv[1:])
     campaign = Campaign(args.runs, args.out, command.strip())
+    for blob in seeds.values():  # warm up: first-use allocations of torch and numpy
+        with contextlib.suppress(Exception), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            campaign.decode(blob, [0, 0, 0])
+    cap_address_space()
     libfuzzer = [
         sys.argv[0],
         f"-runs={args.runs}",

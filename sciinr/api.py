@@ -580,7 +580,9 @@ class SinrArray:
         self.residual: entropy.ResidualCodes | None = None  # an error-bounded file's layer
         if "residual" in h:
             try:
-                self.residual = entropy.ResidualCodes(h["residual"], self._sections, self._shape4)
+                self.residual = entropy.ResidualCodes(
+                    h["residual"], self._sections, self._shape4, n_bytes=self.nbytes_file
+                )
             except FormatError as exc:
                 raise FormatError(f"{self.source}: {exc}") from None
         self.max_error = self.residual.max_error if self.residual is not None else None
@@ -678,6 +680,8 @@ class SinrArray:
         n = budget.n_values(tuple(region))
         need = budget.output_bytes(n, self.dtype.itemsize)
         need += self._model_bytes if self._model is None and self._base is None else 0
+        if self.residual is not None:  # its chunks decode whole, one at a time
+            need += budget.PER_CHUNK_VOXEL * math.prod(self.residual.chunk)
         if self._mask is not None:  # the packed bits, then a bool and an index per value
             need += (self._mask.n_bytes if self._mask_bits is None else 0) + 16 * n
         avail = budget.available_memory()

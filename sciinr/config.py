@@ -292,6 +292,10 @@ class BoundConfig:
             len(self.chunk) == 4 and all(type(c) is int and 1 <= c <= 1 << 16 for c in self.chunk),
             f"bound.chunk needs 4 sizes in 1..65536, got {self.chunk}",
         )
+        _check(  # a chunk decodes whole: its voxels count in the decode budget of the file
+            math.prod(self.chunk) <= 1 << 21,
+            f"bound.chunk holds at most 2**21 voxels (the default 8x64x64x64), got {self.chunk}",
+        )
         _check(isinstance(self.psnr_topup, bool), "bound.psnr_topup must be true or false")
 
     @property

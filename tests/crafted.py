@@ -133,3 +133,91 @@ CASES: dict[str, Callable[[], bytes]] = {
     "huge_ans_parameters": huge_ans_parameters,
     "wide_deep_network": wide_deep_network,
 }
+
+
+# ------------------------------------------------------------------ residual layers
+
+_INDEX = np.dtype(  # one record per residual chunk (sciinr/stages/residual.py)
+    [
+        ("words", "<u4"),
+        ("method", "u1"),
+        ("group", "u1"),
+        ("transform", "u1"),
+        ("width", "u1"),
+        ("escapes", "<u4"),
+        ("exact", "<u4"),
+    ]
+)
+
+
+def claiming_frame(n_bytes: int) -> bytes:
+    """A 15-byte zstd frame header and block that claims ``n_bytes`` of content."""
+    magic = struct.pack("<I", 0xFD2FB528)
+    fhd = bytes([0xE0])  # 8-byte content size, single segment (no window descriptor)
+    block = bytes([0x03, 0x00, 0x00]) + b"\x00"  # last block, RLE, 0 bytes (a lie)
+    return magic + fhd + struct.pack("<Q", n_bytes) + block
+
+
+def residual_file(shape4: list[int], chunk: list[int], index: bytes) -> bytes:
+    """One constant block and a residual layer of all-zero chunks with this index section."""
+    net = _net(0, 0)
+    header = _header(shape4, list(shape4), net, "float16")
+    n_chunks = int(np.prod([-(-s // c) for s, c in zip(shape4, chunk, strict=True)]))
+    header["residual"] = {
+        "version": 1,
+        "predict": "float64",
+        "max_error": 0.5,
+        "step": 1.0,
+        "chunk": chunk,
+        "chunks": n_chunks,
+        "alphabet_half": 1,
+        "groups": 1,
+        "exact_voxels": 0,
+        "mode": "max_error",
+    }
+    sections = _model_sections(1, net, "float16")
+    sections.update(
+        {
+            "residual_index": index,
+            "residual_tables": _zip(bytes(4)),
+            "residual_codes": b"",
+            "residual_escapes": _zip(b""),
+            "residual_exact": _zip(b""),
+        }
+    )
+    return container.pack(header, sections)
+
+
+def residual_frame_claims_a_tebibyte() -> bytes:
+    """A residual index frame whose header claims 1 TiB of content (15 bytes)."""
+    return residual_file([1, 1, 4, 4], [1, 1, 4, 4], claiming_frame(1 << 40))
+
+
+def residual_many_chunks() -> bytes:
+    """2**24 chunks of one voxel, every chunk zero: a real index frame of ~8 kB."""
+    n = 1 << 24
+    return residual_file([1, 256, 256, 256], [1, 1, 1, 1], _zip(np.zeros(n, _INDEX).tobytes()))
+
+
+def residual_many_chunks_short_index() -> bytes:
+    """2**24 chunks declared, an index frame far too short to hold their records."""
+    return residual_file(
+        [1, 256, 256, 256], [1, 1, 1, 1], _zip(np.zeros(1 << 16, _INDEX).tobytes())
+    )
+
+
+def residual_huge_chunk() -> bytes:
+    """One chunk of 2**28 voxels whose ANS code has no words (it decodes to 2**28 symbols)."""
+    record = np.zeros(1, _INDEX)
+    record["method"] = 1  # ANS, 0 words
+    return residual_file([1, 512, 512, 1024], [1, 512, 512, 1024], _zip(record.tobytes()))
+
+
+CASES.update(
+    {
+        "residual_huge_chunk": residual_huge_chunk,
+        "residual_frame_claims_a_tebibyte": residual_frame_claims_a_tebibyte,
+        "residual_many_chunks": residual_many_chunks,
+        "residual_many_chunks_short_index": residual_many_chunks_short_index,
+    }
+)

@@ -11,10 +11,11 @@ free; a zstd frame expands up to 32768-fold), so the bytes alone do not bound th
    frame must record its content size, that size must be the one the header implies, and it
    may be at most :data:`ZSTD_MAX_RATIO` times the frame's length (:func:`check_frame`).
 2. **The arrays a header implies must fit the file's allowance**
-   :func:`allowance` = ``64 MiB + 64 × file size`` bytes. :func:`model_bytes` and
-   :func:`residual_bytes` are upper estimates of what decoding the model and the residual
-   index hold at their peak; a file whose estimate exceeds its allowance is refused with a
-   ``FormatError`` when it is opened, before any of those arrays exists.
+   :func:`allowance` = ``128 MiB + 64 × file size`` bytes. :func:`model_bytes` and
+   :func:`residual_bytes` are upper estimates of what decoding the model, and the residual
+   layer's index and largest chunk, hold at their peak; a file whose estimate exceeds its
+   allowance is refused with a ``FormatError`` when it is opened, before any of those arrays
+   exists.
 3. **The output is the caller's choice** and is bounded separately: a decode of *n* values
    needs at most :func:`output_bytes` (the result, its float64 prediction, casts) and is
    refused with an ``InputError`` when that exceeds the memory available.
@@ -35,7 +36,7 @@ from ..errors import FormatError
 if TYPE_CHECKING:
     from ..nets import NetShape
 
-BASE = 64 << 20  # bytes every file may cost, whatever its size
+BASE = 128 << 20  # bytes every file may cost, whatever its size (a default residual chunk)
 PER_FILE_BYTE = 64  # more bytes per byte of file
 ZSTD_MAX_RATIO = 1 << 15  # largest expansion of a zstd frame (see check_frame)
 # peak bytes held while a model decodes, per unit (measured with tracemalloc, with margin):
@@ -43,7 +44,8 @@ PER_BLOCK = 64  # trivial bit + byte, lo_q, span, hi_q (int64), lo, hi (float32)
 PER_FITTED = 24  # block_net (int64), its index on the decode device, temporaries
 PER_LATENT = 24  # quantized int64 + float32 latent + temporaries, per fitted block and dim
 PER_PARAM = 24  # float32 parameter, its folded copy, the int64 indices it is decoded from
-PER_CHUNK = 96  # residual index record (16 bytes) + per-chunk offsets and sizes (int64)
+PER_CHUNK = 192  # residual index record (16 bytes), chunk sizes and offsets, temporaries
+PER_CHUNK_VOXEL = 48  # a residual chunk decodes whole: codes, symbols, float64 residual
 PER_OUTPUT_VALUE = 32  # float32 result + float64 prediction + float64 residual + final cast
 
 
@@ -61,9 +63,19 @@ def model_bytes(n_blocks: int, net: NetShape) -> int:
     )
 
 
-def residual_bytes(n_chunks: int) -> int:
-    """Upper estimate of the bytes a residual layer's index holds (its codes decode per chunk)."""
-    return PER_CHUNK * n_chunks
+def residual_bytes(n_chunks: int, chunk_voxels: int) -> int:
+    """Upper estimate of the bytes a residual layer holds: its index and one decoded chunk.
+
+    A region decode decodes each chunk it touches whole, one chunk at a time.
+    """
+    return PER_CHUNK * n_chunks + PER_CHUNK_VOXEL * chunk_voxels
+
+
+def check_residual(n_chunks: int, chunk: tuple[int, ...], n_bytes: int) -> None:
+    """:func:`check` for a residual layer (before its index is decompressed)."""
+    voxels = math.prod(chunk)
+    what = f"a residual layer of {n_chunks} chunks of {voxels} voxels"
+    check(residual_bytes(n_chunks, voxels), n_bytes, what)
 
 
 def check(need: int, n_bytes: int, what: str) -> None:

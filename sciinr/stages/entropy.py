@@ -347,6 +347,9 @@ class ResidualCodes:
         The file's sections (the ``residual_*`` ones are used).
     shape4 : tuple of 4 int
         The field's (T, Z, Y, X).
+    n_bytes : int, optional
+        Size of the file: the index and one decoded chunk must fit its decode budget
+        (:func:`~sciinr.stages.budget.check_residual`), checked before the index is read.
 
     Raises
     ------
@@ -354,7 +357,13 @@ class ResidualCodes:
         A header entry or section that is inconsistent with the field.
     """
 
-    def __init__(self, meta: Any, sections: dict[str, bytes], shape4: tuple[int, ...]):
+    def __init__(
+        self,
+        meta: Any,
+        sections: dict[str, bytes],
+        shape4: tuple[int, ...],
+        n_bytes: int | None = None,
+    ):
         if not isinstance(meta, dict):
             raise FormatError("corrupted header (residual entry is not a mapping)")
         if meta.get("version") != RESIDUAL_VERSION or meta.get("predict") != "float64":
@@ -385,6 +394,8 @@ class ResidualCodes:
         self.n_groups = header_int(meta, "groups", 1, MAX_GROUPS, "residual ")
         self.alphabet = 2 * self.half + 2
         self.sections = sections
+        if n_bytes is not None:
+            budget.check_residual(n, self.chunk, n_bytes)
         raw = unzip_exact(sections["residual_index"], n * CHUNK_RECORD.itemsize, "residual_index")
         idx = np.frombuffer(raw, CHUNK_RECORD)
         cells = np.indices(self.grid).reshape(4, -1).T  # C order of the chunk grid

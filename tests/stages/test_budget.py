@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -86,6 +87,13 @@ def run_child(paths: list[str]) -> tuple[dict, int]:
     return json.loads(report["stdout"]), report["max_rss"]
 
 
+BUDGET = r"corrupted header \(.* more than a \d+-byte file may cost: \d+ MB\)"
+MESSAGES = {  # besides the budget: a frame that lies about its size
+    "residual_frame_claims_a_tebibyte": r"corrupted section 'residual_index' \(holds "
+    r"1099511627776 bytes, expected 16 bytes\)",
+}
+
+
 @pytest.fixture(scope="module")
 def crafted_paths(tmp_path_factory) -> dict[str, str]:
     d = tmp_path_factory.mktemp("crafted")
@@ -102,7 +110,7 @@ def test_crafted_file_is_small_and_refused_when_opened(crafted_paths, name):
     path = crafted_paths[name]
     assert Path(path).stat().st_size < 10_000
     for call in (sciinr.info, sciinr.decompress, lambda p: sciinr.open(p)[0]):
-        with pytest.raises(FormatError, match=r"more than a \d+-byte file may cost") as exc:
+        with pytest.raises(FormatError, match=MESSAGES.get(name, BUDGET)) as exc:
             call(path)
         assert "\n" not in str(exc.value)
 
@@ -114,13 +122,12 @@ def test_crafted_files_cost_little_memory_and_time(crafted_paths, tmp_path):
     base, base_rss = run_child([str(golden)])
     assert all(r["rc"] == 0 for r in base[str(golden)].values()), base
     results, rss = run_child(list(crafted_paths.values()))
-    for path, rec in results.items():
-        for op, r in rec.items():
+    for name, path in crafted_paths.items():
+        for op, r in results[path].items():
             lines = r["stderr"].strip().splitlines()
             assert r["rc"] == 2, (path, op, r)
             assert len(lines) == 1, (path, op, r)
-            assert "corrupted header" in lines[0], lines
-            assert "may cost" in lines[0], lines
+            assert re.search(MESSAGES.get(name, BUDGET), lines[0]), lines
             assert r["cpu"] <= MAX_CPU_SECONDS, (path, op, r)
             assert r["wall"] <= 60, (path, op, r)  # generous: the machine may be loaded
     assert rss - base_rss <= MAX_RSS_ABOVE_BASELINE, (rss, base_rss)
@@ -156,6 +163,23 @@ def test_budget_estimate_bounds_the_measured_peak(shape4, net, kind):
     assert peak >= need / 8  # the estimate is an upper bound, not a wild one
 
 
+def test_budget_estimate_bounds_a_residual_index():
+    """2**18 residual chunks: opening holds no more than the estimate (index and offsets)."""
+    n = 1 << 18
+    index = crafted._zip(np.zeros(n, crafted._INDEX).tobytes())
+    blob = crafted.residual_file([1, 64, 64, 64], [1, 1, 1, 1], index)
+    need = budget.residual_bytes(n, 1)
+    assert need <= budget.allowance(len(blob))
+    tracemalloc.start()
+    try:
+        arr = sciinr.open(blob)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= need, (peak, need)
+    assert arr[0, 1, 2, 3] == arr[...][0, 1, 2, 3]
+
+
 def test_the_allowance_grows_with_the_file():
     net = crafted._net(1, 1, width=1024, depth=16)  # 16.8 M weights: ~400 MB to decode
     need = budget.model_bytes(1, net)
@@ -178,3 +202,26 @@ def test_zstd_frame_claims_are_bounded_by_its_length():
     with pytest.raises(FormatError, match="cannot hold"):
         entropy.unzip_exact(frame, 1 << 30, "x")
     assert entropy.unzip_exact(frame, 1 << 20, "x") == bytes(1 << 20)
+
+
+def test_fuzz_resource_oracle_catches_a_decode_over_its_budget(monkeypatch, tmp_path):
+    """benchmarks/fuzz.py counts an over-budget decode as a crash (here: budget switched off)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import fuzz
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    monkeypatch.setattr(fuzz, "WORK", tmp_path)
+    campaign = fuzz.Campaign(3, tmp_path / "fuzz.json", "test")
+    if not campaign.memory.ok:
+        pytest.skip("no /proc/self/clear_refs: peak RSS cannot be measured here")
+    heavy = crafted.model_file([1, 64, 256, 256], [1, 1, 1, 1], crafted._net(0, 0), "float16")
+    campaign(GOLDEN.read_bytes())  # a valid file decodes within its bound
+    campaign(heavy)  # 2**22 blocks, ~270 MB: refused by the budget
+    monkeypatch.setattr(budget, "BASE", 1 << 40)
+    campaign(heavy)  # now decoded: the oracle must see it
+    campaign.write_stats()
+    stats = json.loads((tmp_path / "fuzz.json").read_text())
+    assert stats["outcomes"] == {"decoded": 1, "format_error": 1, "crash": 1}, stats
+    assert stats["resource_oracle"]["resource_crashes"] == 1
+    assert list(stats["crash_kinds"]) == ["resource: memory"]
