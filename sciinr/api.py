@@ -177,9 +177,8 @@ def base_stage(volume: Volume, cfg: Config) -> rate.Networks | None:
     meta, sections, reached, worst = encode_base(volume, cfg)
     header = build_header(volume, cfg, None, reached, base_meta=meta)
     try:
-        fitted = tucker.decode(
-            meta, sections, volume.data.shape, container.packed_size(header, sections)
-        )
+        n_bytes = container.packed_size(header, sections)
+        fitted = tucker.decode(meta, sections, volume.data.shape, n_bytes)
     except FormatError:  # a reader would refuse it: too large for its decode budget
         return None
     return rate.Networks(
@@ -188,7 +187,7 @@ def base_stage(volume: Volume, cfg: Config) -> rate.Networks | None:
         sections=sections,
         model=None,
         psnr=reached,
-        n_bytes=container.packed_size(header, sections),
+        n_bytes=n_bytes,
         n_nets=0,
         n_blocks=0,
         n_trivial=0,

@@ -214,7 +214,7 @@ def _netcdf_field(path: Path, var: str | None, time_dim: str | None) -> Field:
         chunking = v.chunking()
         chunks = tuple(chunking) if isinstance(chunking, list) else None
         proxy = _Meta(tuple(v.shape), dtype)
-        hint = _nc_time_hint(v)
+        hint = read_stage.nc_time_hint(v)
         return _field(
             proxy, str(path), "netcdf", var, tuple(v.dimensions), attrs, time_dim, hint, chunks
         )
@@ -224,22 +224,6 @@ def _netcdf_field(path: Path, var: str | None, time_dim: str | None) -> Field:
 class _Meta:
     shape: tuple[int, ...]
     dtype: Any
-
-
-def _nc_time_hint(v: Any) -> str | None:
-    """The time dimension as :func:`.read._from_nc_variable` finds it."""
-    grp = v.group()
-    unlimited = {n for n, d in grp.dimensions.items() if d.isunlimited()}
-    for d in v.dimensions:
-        cv = grp.variables.get(d)
-        is_time = d in unlimited and v.dimensions[0] == d
-        if cv is not None:
-            units = str(getattr(cv, "units", ""))
-            is_time |= " since " in units or getattr(cv, "axis", "") == "T"
-            is_time |= getattr(cv, "standard_name", "") == "time"
-        if is_time:
-            return d
-    return None
 
 
 def _field(
